@@ -1,0 +1,100 @@
+"""The `novarch-batch` command line: thin click wrappers over plain functions that tests call."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pipeline.spec import CLASSES, SAMPLERS, SpecError, build_spec
+
+EXIT_USAGE, EXIT_RUNTIME = 2, 1
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"novarch-batch: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="novarch-batch")
+def cli() -> None:
+    """Reproducible, distributed batch generation of NovArch images (buildings and houses).
+
+    Jobs run on local Ray or a Ray cluster and land as Parquet shards plus PNG files in a
+    folder or S3. Start with `novarch-batch submit --count 256`.
+    """
+
+
+@cli.command()
+@click.option("--count", required=True, metavar="N", help="Number of images to generate (1 to 100,000,000).")
+@click.option("--out", default="./novarch-out", show_default=True, metavar="PATH|URL", help="Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in <out>/<job_id>/.")
+@click.option("--class", "class_name", default="any", show_default=True, type=click.Choice(CLASSES), help="Requested class; 'any' samples unconditionally, so each image drifts to the kind it finds.")
+@click.option("--sampler", default="dpmpp-2m", show_default=True, type=click.Choice(SAMPLERS), help="Reverse sampler (see BENCHMARKS.md for quality against steps).")
+@click.option("--steps", default=20, show_default=True, type=int, metavar="K", help="Sampler steps (network evaluations per image, x2 with guidance).")
+@click.option("--guidance", default=2.0, show_default=True, type=float, metavar="G", help="Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.")
+@click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM noise scale (ddim only): 0 deterministic, 1 ancestral.")
+@click.option("--seed", default=0, show_default=True, type=int, metavar="S", help="Base seed; image i uses a seed derived from (S, i) only.")
+@click.option("--shard-size", type=int, default=None, metavar="M", help="Images per shard (one Parquet file each). Default: count/64 clamped to 16..1000.")
+@click.option("--batch-size", default=64, show_default=True, type=int, metavar="B", help="Micro-batch size inside an actor.")
+@click.option("--workers", type=int, default=None, metavar="W", help="Sampler actors. Default: one per GPU, or half the CPU cores.")
+@click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
+@click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")
+@click.option("--model", default=None, metavar="PATH", help="Diffusers-format model folder (safetensors). Default: the shipped NovArch-tiny.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where actors run the network.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
+def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, as_json):
+    """Generate COUNT images into OUT as Parquet shards + PNG files.
+
+    Running the same command again resumes the job: committed shards are skipped.
+    """
+    from pipeline import driver
+    from pipeline.progress import Progress
+    from pipeline.storage import StorageError
+
+    try:
+        spec = build_spec(
+            count=count, out=out, class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+            seed=seed, shard_size=shard_size, batch_size=batch_size, workers=workers, job_id=job_id,
+            ray_address=ray_address, model=model, device=device,
+        )
+    except SpecError as e:
+        fail(str(e), EXIT_USAGE)
+    progress = Progress()
+    progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {out.rstrip('/')}/{spec.job_id}")
+    try:
+        report = driver.run(spec, progress)
+    except SpecError as e:
+        fail(str(e), EXIT_USAGE)
+    except (driver.JobFailed, StorageError) as e:
+        fail(str(e), EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        fail("interrupted; committed shards are kept, run the same command to resume", 130)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(
+        f"done: {report.count} images in {report.shards} shards at {report.url}\n"
+        f"  this run sampled {report.shards_sampled} shards ({report.images_sampled} images), skipped {report.shards_skipped} already committed; "
+        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}\n"
+        f"  look: novarch-batch preview {report.url} --out grid.png\n"
+        f"  read: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.url}/shards').to_table().to_pandas().head())\""
+    )
+
+
+def main() -> None:
+    """Console entry point: usage errors become one line and exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelp as e:  # pragma: no cover - click >= 8.2 only
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+    except click.UsageError as e:
+        fail(e.format_message(), EXIT_USAGE)
+    except click.Abort:
+        fail("aborted", 130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Ray start-up and the actor plan: how many sampler actors, with which resources."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    workers: int
+    num_gpus: float
+    num_cpus: float
+    threads: int  # torch intra-op threads per actor
+    device: str
+
+    def describe(self) -> str:
+        if self.num_gpus:
+            return f"{self.workers} GPU actor(s), one GPU each"
+        return f"{self.workers} CPU actor(s) x {self.threads} thread(s) (no GPU in the cluster)"
+
+
+def connect(address: str | None) -> None:
+    """Join --ray-address, or start a local Ray on this machine's cores."""
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), **kwargs)
+
+
+def default_cpu_workers(cpus: int) -> int:
+    """Two-thread actors: on a small CNN, two threads per process keep both cores busy with the least
+    synchronisation (see BENCHMARKS.md); at least one actor."""
+    return max(1, cpus // 2)
+
+
+def plan_actors(workers: int, device: str) -> ActorPlan:
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus and device != "cpu":
+        return ActorPlan(workers or gpus, 1, 1, 0, "cuda")
+    if device == "cuda":
+        raise RuntimeError("--device cuda, but the Ray cluster has no GPU; use --device auto or cpu, or add GPU nodes")
+    workers = workers or default_cpu_workers(cpus)
+    threads = max(1, cpus // workers)
+    # Fractional CPUs when the user asks for more actors than cores: Ray would otherwise wait forever.
+    return ActorPlan(workers, 0, min(float(threads), cpus / workers), threads, "cpu")

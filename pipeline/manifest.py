@@ -1,0 +1,91 @@
+"""job.json (written first) and _SUCCESS (written last): what a job is and proof that it finished."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+
+from pipeline.spec import JobSpec, SpecError
+from pipeline.storage import Storage, StorageError
+from workers import shard_format
+
+JOB_FILE = "job.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for dist in ("novarch-batch", "torch", "diffusers", "ray", "pyarrow"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def job_document(spec: JobSpec, created_at: str) -> dict:
+    return {
+        "schema_version": shard_format.SCHEMA_VERSION,
+        "job_id": spec.job_id,
+        "spec_hash": spec.spec_hash(),
+        "created_at": created_at,
+        "spec": spec.to_dict(),
+        "model": {"path": spec.model, "sha256": spec.model_sha256},
+        "shard_plan": {"count": spec.count, "shard_size": spec.output.shard_size, "num_shards": spec.num_shards},
+        "versions": versions(),
+    }
+
+
+def read_json(job: Storage, key: str) -> dict | None:
+    if not job.exists(key):
+        return None
+    return json.loads(job.get_bytes(key))
+
+
+def prepare_job(job: Storage, spec: JobSpec) -> str:
+    """Write job.json for a new job, or check that an existing one is this very spec.
+
+    Returns the job's creation time, which every Parquet row carries, so that a resumed job
+    rewrites a shard with the same bytes as the first run would have.
+    """
+    existing = read_json(job, JOB_FILE)
+    if existing is not None:
+        if existing.get("spec_hash") != spec.spec_hash():
+            raise SpecError(
+                f"{job.url} holds job '{spec.job_id}' with another spec (hash {existing.get('spec_hash', '?')[:12]}); "
+                f"choose another --job-id or --out, or repeat the original flags to resume it"
+            )
+        return existing["created_at"]
+    created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    job.put_bytes(JOB_FILE, json.dumps(job_document(spec, created_at), indent=2).encode())
+    return created_at
+
+
+def committed_shards(job: Storage) -> set[int]:
+    """A shard exists once its Parquet file does (the commit is its last write)."""
+    return {k for k in (shard_format.shard_index(key) for key in job.list("shards/")) if k is not None}
+
+
+def shard_checksum(job: Storage, shard: int) -> str:
+    return hashlib.sha256(job.get_bytes(shard_format.shard_key(shard))).hexdigest()
+
+
+def write_success(job: Storage, spec: JobSpec, checksums: dict[int, str], stats: dict) -> dict:
+    """_SUCCESS last: only written when every planned shard has its Parquet file in storage."""
+    present = committed_shards(job)
+    missing = [k for k in range(spec.num_shards) if k not in present]
+    if missing:
+        raise StorageError(f"{job.url}: {len(missing)} shards are not in storage (first: {missing[0]}); re-run the same command to finish them")
+    document = {
+        "job_id": spec.job_id,
+        "spec_hash": spec.spec_hash(),
+        "count": spec.count,
+        "num_shards": spec.num_shards,
+        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "shards": {shard_format.shard_key(k): checksums[k] for k in sorted(checksums)},
+        **stats,
+    }
+    job.put_bytes(SUCCESS_FILE, json.dumps(document, indent=2).encode())
+    return document

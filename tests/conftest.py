@@ -1,0 +1,38 @@
+"""Shared fixtures: one real local Ray and one real S3 server (SeaweedFS) per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# pytest_plugins = ["tests.fixtures_s3"]
+
+# Tests share 2 cores between pytest, Ray actors and the S3 server: keep torch to one thread here.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    from pipeline import cluster
+
+    cluster.connect(None)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from workers.model import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def unet(model_dir):
+    from workers.model import load_unet
+
+    return load_unet(model_dir, torch.device("cpu"))

@@ -1,0 +1,118 @@
+"""Load a NovArch model folder (diffusers format, safetensors only) and wrap it as a denoiser."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+REQUIRED = ("config.json", WEIGHTS, "scheduler_config.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class ModelError(ValueError):
+    """A model folder is missing, incomplete or unsafe; the message names the fix."""
+
+
+def default_model_dir() -> Path:
+    """The shipped NovArch-tiny weights, found as package data of the installed project."""
+    return Path(str(resources.files("workers") / "models" / "novarch-tiny"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_model_dir(folder: Path) -> None:
+    """Refuse anything but a complete diffusers folder with safetensors weights, before loading."""
+    if not folder.is_dir():
+        raise ModelError(f"--model {folder}: no such folder; pass a diffusers model folder ({', '.join(REQUIRED)})")
+    if not (folder / WEIGHTS).is_file() and any(folder.glob(f"*{s}") for s in PICKLE_SUFFIXES):
+        raise ModelError(
+            f"--model {folder}: holds a pickle checkpoint, which is refused (pickles run code on load); "
+            f"convert it to {WEIGHTS} with safetensors"
+        )
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if missing:
+        raise ModelError(f"--model {folder}: missing {', '.join(missing)}; pass a complete diffusers model folder")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise ModelError(f"--model {folder}: {WEIGHTS} is not a valid safetensors file ({type(e).__name__}); re-export or re-download it") from None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver records about a model without loading the network."""
+
+    path: str
+    name: str
+    sha256: str
+    classes: tuple[str, ...]
+    null_label: int
+    image_size: int
+    channels: int
+    scheduler_config: dict
+
+    @classmethod
+    def read(cls, folder: Path) -> "ModelInfo":
+        check_model_dir(folder)
+        config = json.loads((folder / "config.json").read_text())
+        meta_path = folder / "novarch.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        num_classes = int(config.get("num_class_embeds") or 0)
+        return cls(
+            path=str(folder),
+            name=meta.get("name", folder.name),
+            sha256=sha256_file(folder / WEIGHTS),
+            classes=tuple(meta.get("classes", ["building", "house"])),
+            null_label=int(meta.get("null_label", max(num_classes - 1, 0))),
+            image_size=int(config.get("sample_size", 32)),
+            channels=int(config.get("in_channels", 3)),
+            scheduler_config=json.loads((folder / "scheduler_config.json").read_text()),
+        )
+
+
+def load_unet(folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """UNet2DModel from safetensors only (use_safetensors=True never falls back to a pickle)."""
+    from diffusers import UNet2DModel
+
+    check_model_dir(folder)
+    unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True)
+    return unet.to(device=device, dtype=dtype).eval()
+
+
+def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
+    """eps(x, t) with classifier-free guidance (Ho & Salimans 2022, eq. 6): eps_u + g (eps_c - eps_u).
+
+    g = 1 is plain conditional sampling and g = 0 unconditional, each one network pass; rows whose
+    label is the null label ("any") are unconditional whatever g is.
+    """
+    dtype = next(unet.parameters()).dtype
+    nulls = torch.full_like(labels, null_label)
+
+    def eps(x: torch.Tensor, label: torch.Tensor, t: int) -> torch.Tensor:
+        ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return unet(x.to(dtype), ts, class_labels=label).sample.float()
+
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        if guidance == 1.0:
+            return eps(x, labels, t)
+        if guidance == 0.0 or bool((labels == null_label).all()):
+            return eps(x, nulls, t)
+        both = eps(torch.cat([x, x]), torch.cat([labels, nulls]), t)  # (2B, C, H, W): one pass for both
+        cond, uncond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return denoise

@@ -1,0 +1,97 @@
+"""Reverse diffusion samplers: small pure functions with one signature.
+
+Each maps noise ``x`` (B, C, H, W) to images in [-1, 1]. ``denoise(x, t)`` returns the predicted
+noise epsilon in float32 (guidance already applied); all sampler maths runs in float32 whatever
+precision the network uses. ``generators[b]`` is sample b's own CPU generator: ancestral noise is
+drawn from it in step order, so a sample never depends on its batch (DESIGN.md, determinism).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from workers.seeds import draw_noise
+
+Denoise = Callable[[torch.Tensor, int], torch.Tensor]
+Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]  # (step index, x_t, predicted x0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    alphas_cumprod: torch.Tensor  # (T,) float32, alpha_bar_t
+    timesteps: list[int]  # descending, e.g. trailing_timesteps(1000, 20)
+    clip_sample: bool = True  # clamp predicted x0 to [-1, 1] (DDPM/DDIM as configured)
+
+    def alpha_bar(self, t: int) -> float:
+        """alpha_bar at t; t < 0 is the end of the chain, where nothing is left of the noise."""
+        return float(self.alphas_cumprod[t]) if t >= 0 else 1.0
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """(t, t_prev) for every step; the last step goes to t_prev = -1 (a clean image)."""
+        return list(zip(self.timesteps, self.timesteps[1:] + [-1]))
+
+
+def predict_x0(x: torch.Tensor, eps: torch.Tensor, a_t: float, clip: bool) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (DDPM eq. 15)."""
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    return x0.clamp(-1, 1) if clip else x0
+
+
+def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 1.0, callback: Callback = None):
+    """Ancestral sampling of the reverse SDE (Ho et al. 2020, eq. 6-7, variance beta~_t)."""
+    for i, (t, t_prev) in enumerate(schedule.pairs()):
+        a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+        beta_t = 1 - a_t / a_prev  # effective beta over a possibly strided step
+        x0 = predict_x0(x, denoise(x, t), a_t, schedule.clip_sample)
+        # Posterior mean mu~_t(x_t, x0), eq. 7.
+        mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)) * x
+        if t_prev >= 0:
+            variance = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)
+            mean = mean + math.sqrt(variance) * draw_noise(generators, x.shape[1:], x.device)
+        x = mean
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+    """DDIM (Song et al. 2021, eq. 12): deterministic at eta = 0, ancestral noise of scale eta otherwise."""
+    for i, (t, t_prev) in enumerate(schedule.pairs()):
+        a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+        eps = denoise(x, t)
+        x0 = predict_x0(x, eps, a_t, schedule.clip_sample)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)  # eq. 16
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if eta > 0 and t_prev >= 0:
+            x = x + sigma * draw_noise(generators, x.shape[1:], x.device)
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+    """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step."""
+    lam = lambda a: 0.5 * math.log(a / (1 - a))  # lambda_t = log(alpha_t / sigma_t)
+    prev_x0, prev_h = None, None
+    for i, (t, t_prev) in enumerate(schedule.pairs()):
+        a_s = schedule.alpha_bar(t)
+        x0 = predict_x0(x, denoise(x, t), a_s, clip=False)
+        if t_prev < 0:
+            x = x0  # final step to sigma = 0: the first-order update reduces to the data prediction
+        else:
+            a_t = schedule.alpha_bar(t_prev)
+            h = lam(a_t) - lam(a_s)
+            ratio, phi = math.sqrt((1 - a_t) / (1 - a_s)), math.sqrt(a_t) * math.expm1(-h)  # sigma_t/sigma_s, alpha_t(e^-h - 1)
+            d = x0 if prev_x0 is None else x0 + (0.5 * h / prev_h) * (x0 - prev_x0)  # D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}
+            x = ratio * x - phi * d
+            prev_h = h
+        prev_x0 = x0
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp-2m": sample_dpmpp_2m}

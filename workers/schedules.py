@@ -1,0 +1,37 @@
+"""Noise schedules and timestep spacings as pure functions (no state, no model)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def betas_for(config: dict) -> torch.Tensor:
+    """Betas of a diffusers scheduler config (linear, scaled_linear or squaredcos_cap_v2), float32 as diffusers builds them."""
+    n = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float32)
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    if kind == "squaredcos_cap_v2":
+        # Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), s = 0.008.
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+        return torch.tensor(betas, dtype=torch.float32)
+    raise ValueError(f"unsupported beta_schedule '{kind}' in scheduler_config.json")
+
+
+def alphas_cumprod_for(config: dict) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s), float32 as diffusers keeps it."""
+    return torch.cumprod(1.0 - betas_for(config), dim=0)
+
+
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """'Trailing' spacing (Lin et al. 2023, table 2): starts at T-1, so even 5 steps begin from pure noise."""
+    ratio = num_train_timesteps / steps
+    return [int(t) - 1 for t in np.round(np.arange(num_train_timesteps, 0, -ratio))]
