@@ -86,9 +86,10 @@ def main() -> None:
     """Console entry point: usage errors become one line and exit code 2."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as e:  # pragma: no cover - click >= 8.2 only
-        click.echo(e.ctx.get_help() if e.ctx else str(e))
     except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # bare `novarch-batch`: show help
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         fail(e.format_message(), EXIT_USAGE)
     except click.Abort:
         fail("aborted", 130)

@@ -1,0 +1,103 @@
+"""Bad input: one line naming the fix, exit 2, nothing written, no Ray started."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli, main
+
+CASES = [
+    (["--count", "0"], "--count must be a positive integer, got 0"),
+    (["--count", "-1"], "--count must be a positive integer, got -1"),
+    (["--count", "ten"], "--count must be a positive integer, got 'ten'"),
+    (["--count", str(10**12)], "--count must be at most 100,000,000"),
+    (["--count", "8", "--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--count", "8", "--steps", "5000"], "--steps must be at most 1000"),
+    (["--count", "8", "--class", "castle"], "'castle' is not one of 'building', 'house', 'any'"),
+    (["--count", "8", "--sampler", "euler"], "'euler' is not one of 'ddpm', 'ddim', 'dpmpp-2m'"),
+    (["--count", "8", "--guidance", "-1"], "--guidance must be a number >= 0"),
+    (["--count", "8", "--shard-size", "0"], "--shard-size must be a positive integer, got 0"),
+    (["--count", "8", "--batch-size", "-4"], "--batch-size must be a positive integer, got -4"),
+    (["--count", "8", "--workers", "0"], "--workers must be a positive integer, got 0"),
+    (["--count", "8", "--job-id", "../escape"], "--job-id must be 1-128 letters"),
+    (["--count", "8", "--out", "gs://bucket/x"], "unknown scheme 'gs://'"),
+    (["--count", "8", "--out", "s3://"], "no bucket"),
+]
+
+
+def run_cli(args: list[str], monkeypatch, cwd: Path):
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["novarch-batch", "submit", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):
+    code = run_cli(args + ([] if "--out" in args else ["--out", str(tmp_path / "out")]), monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("novarch-batch: error: ")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the --out folder
+
+
+def test_unwritable_out(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permission bits: use a path under a file instead
+        blocker = tmp_path / "a-file"
+        blocker.write_text("x")
+        target = blocker / "out"
+    else:
+        target = locked / "out"
+    code = run_cli(["--count", "8", "--out", str(target)], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "choose another --out" in err or "choose a folder you can write to" in err, err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "pickle"])
+def test_bad_model_folder(kind, tmp_path, monkeypatch, capsys, model_dir):
+    folder = tmp_path / "model"
+    if kind != "missing":
+        folder.mkdir()
+        for name in ("config.json", "scheduler_config.json"):
+            (folder / name).write_bytes((model_dir / name).read_bytes())
+        if kind == "corrupt":
+            (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x10\x00\x00\x00not a header at all")
+        else:
+            (folder / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    out = tmp_path / "out"
+    code = run_cli(["--count", "8", "--model", str(folder), "--out", str(out)], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    expected = {"missing": "no such folder", "corrupt": "not a valid safetensors file", "pickle": "pickle checkpoint, which is refused"}[kind]
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_console_script_exit_code_and_no_ray(tmp_path):
+    """The installed console script itself: exit 2 before Ray could start (no Ray session folder)."""
+    script = Path(sys.executable).with_name("novarch-batch")
+    proc = subprocess.run([str(script), "submit", "--count", "ten", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "novarch-batch: error: --count must be a positive integer, got 'ten'"
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_explains_every_flag():
+    result = CliRunner().invoke(cli, ["submit", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--count", "--out", "--class", "--sampler", "--steps", "--guidance", "--seed", "--shard-size",
+                 "--batch-size", "--workers", "--job-id", "--ray-address", "--json", "--model"):
+        assert flag in result.output
