@@ -82,6 +82,48 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
     )
 
 
+@cli.command()
+@click.argument("job_url")
+@click.option("--full", is_flag=True, help="Re-hash every image (default: a random sample of 64).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify(job_url, full, as_json):
+    """Check a finished job: _SUCCESS, row count, ids unique and complete, image checksums, schema.
+
+    JOB_URL is the job folder, <out>/<job_id>. Exits 1 and lists the problems if any.
+    """
+    from pipeline.storage import StorageError
+    from pipeline.verify import verify as run_verify
+
+    try:
+        report = run_verify(job_url, full=full)
+    except StorageError as e:
+        fail(str(e), EXIT_RUNTIME)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        click.echo(f"{verdict}: {report.rows}/{report.expected_rows} rows, {report.shards}/{report.expected_shards} shards, "
+                   f"{report.images_checked} image checksum(s) checked at {report.url}")
+        for problem in report.problems:
+            click.echo(f"  - {problem}")
+    sys.exit(0 if report.ok else EXIT_RUNTIME)
+
+
+@cli.command()
+@click.argument("job_url")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def status(job_url, as_json):
+    """Shards committed of planned, images, complete or not (also for a running or interrupted job)."""
+    from pipeline.status import status as run_status
+    from pipeline.storage import StorageError
+
+    try:
+        report = run_status(job_url)
+    except StorageError as e:
+        fail(str(e), EXIT_RUNTIME)
+    click.echo(json.dumps(report.to_dict()) if as_json else report.text())
+
+
 def main() -> None:
     """Console entry point: usage errors become one line and exit code 2."""
     try:

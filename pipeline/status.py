@@ -1,0 +1,36 @@
+"""`status`: how far a job is, whether it is running, finished or was interrupted."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.plan import shard
+from pipeline.reader import JobView
+
+
+@dataclass
+class StatusReport:
+    url: str
+    job_id: str
+    shards_committed: int
+    shards_planned: int
+    images_committed: int
+    images_planned: int
+    complete: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        state = "complete" if self.complete else "incomplete (running, or interrupted: re-run the same submit to resume)"
+        pct = 100 * self.images_committed / self.images_planned
+        return (f"{self.job_id}: {state}\n  shards {self.shards_committed}/{self.shards_planned}, "
+                f"images {self.images_committed}/{self.images_planned} ({pct:.1f}%)\n  at {self.url}")
+
+
+def status(url: str) -> StatusReport:
+    view = JobView.open(url)
+    committed = view.committed()
+    size = int(view.job["shard_plan"]["shard_size"])
+    images = sum(shard(k, view.count, size).size for k in committed if k < view.num_shards)
+    complete = view.success() is not None and len(committed) >= view.num_shards
+    return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete)
