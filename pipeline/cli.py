@@ -49,6 +49,7 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
     Running the same command again resumes the job: committed shards are skipped.
     """
     from pipeline import driver
+    from pipeline.lease import JobBusy
     from pipeline.progress import Progress
     from pipeline.storage import StorageError
 
@@ -66,7 +67,7 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         report = driver.run(spec, progress)
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
-    except (driver.JobFailed, StorageError) as e:
+    except (driver.JobFailed, StorageError, JobBusy) as e:
         fail(str(e), EXIT_RUNTIME)
     except KeyboardInterrupt:
         fail("interrupted; committed shards are kept, run the same command to resume", 130)

@@ -6,6 +6,7 @@ per-shard stats, so its memory does not grow with --count.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -13,11 +14,12 @@ from dataclasses import asdict, dataclass, field
 import ray
 
 from pipeline import cluster, manifest
+from pipeline.lease import Lease
 from pipeline.plan import Shard, missing_shards
 from pipeline.progress import Progress
 from pipeline.spec import JobSpec
 from pipeline.storage import join, open_storage
-from workers.actor import SamplerActor, ShardResult, ShardTask
+from workers.actor import FAULT_ENV, SamplerActor, ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 
@@ -65,7 +67,15 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
     job_url = join(root.url, spec.job_id)
     job = root.child(spec.job_id)
-    created_at = manifest.prepare_job(job, spec)
+    existing = manifest.read_json(job, manifest.JOB_FILE)
+    if existing is not None:
+        manifest.check_same_spec(job, spec, existing)  # refuse a foreign job before taking its lease
+    with Lease(job):
+        created_at = manifest.prepare_job(job, spec)
+        return _run_job(spec, job, job_url, created_at, progress, started)
+
+
+def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
     committed = manifest.committed_shards(job)
     todo = missing_shards(spec.count, spec.output.shard_size, committed)
     report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo))
@@ -91,7 +101,10 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
     plan = cluster.plan_actors(spec.run.workers, spec.run.device)
     workers = min(plan.workers, len(todo))  # never more actors than shards left to sample
     report.actors = plan.describe()
-    actor_cls = ray.remote(SamplerActor).options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)
+    options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)
+    if os.environ.get(FAULT_ENV):  # test-only fault hook, forwarded to the actor processes
+        options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
+    actor_cls = ray.remote(SamplerActor).options(**options)
 
     def new_actor():
         return actor_cls.remote(spec.model, plan.device, plan.threads or None)
@@ -112,6 +125,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
             ref = actors[slot].run_shard.remote(shard_task(spec, job_url, pick, created_at))
             running[ref] = (slot, pick)
 
+    fatal: str | None = None
     try:
         dispatch()
         while running:
@@ -135,14 +149,16 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
                 message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {attempts[shard.index]}/{MAX_ATTEMPTS} failed: {result.error}"
                 report.errors.append(message)
                 if attempts[shard.index] >= MAX_ATTEMPTS:
-                    raise JobFailed(f"{message}; giving up after {MAX_ATTEMPTS} attempts. Committed shards are kept: fix the cause and re-run the same command to resume")
-                progress.note(f"retrying {message}")
-                report.retries += 1
-                queue.appendleft(shard)
+                    fatal = fatal or message
+                    queue.clear()  # let the shards in flight finish and commit, start no more
+                else:
+                    progress.note(f"retrying {message}")
+                    report.retries += 1
+                    queue.appendleft(shard)
             idle.append(slot)
             dispatch()
     finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        for actor in actors:
+        for actor in actors:  # also on Ctrl-C: uncommitted shards are simply sampled again next run
             ray.kill(actor, no_restart=True)
+    if fatal:
+        raise JobFailed(f"{fatal}; gave up after {MAX_ATTEMPTS} attempts. Committed shards are kept: fix the cause and re-run the same command to resume")

@@ -52,15 +52,19 @@ def prepare_job(job: Storage, spec: JobSpec) -> str:
     """
     existing = read_json(job, JOB_FILE)
     if existing is not None:
-        if existing.get("spec_hash") != spec.spec_hash():
-            raise SpecError(
-                f"{job.url} holds job '{spec.job_id}' with another spec (hash {existing.get('spec_hash', '?')[:12]}); "
-                f"choose another --job-id or --out, or repeat the original flags to resume it"
-            )
+        check_same_spec(job, spec, existing)
         return existing["created_at"]
     created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     job.put_bytes(JOB_FILE, json.dumps(job_document(spec, created_at), indent=2).encode())
     return created_at
+
+
+def check_same_spec(job: Storage, spec: JobSpec, existing: dict) -> None:
+    if existing.get("spec_hash") != spec.spec_hash():
+        raise SpecError(
+            f"{job.url} holds job '{spec.job_id}' with another spec (hash {str(existing.get('spec_hash'))[:12]}); "
+            f"choose another --job-id or --out, or repeat the original flags to resume it"
+        )
 
 
 def committed_shards(job: Storage) -> set[int]:

@@ -1,0 +1,118 @@
+"""Faults with real processes killed: no image lost, none duplicated (docs/faults.md)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from pipeline import driver
+from pipeline.spec import build_spec
+from pipeline.verify import verify
+from tests.procs import pids_with_title, sigkill, wait_for
+from workers.actor import FAULT_ENV
+
+CLI = str(Path(sys.executable).with_name("novarch-batch"))
+
+
+def ids_and_hashes(job_dir: Path) -> dict[int, str]:
+    table = ds.dataset(str(job_dir / "shards"), format="parquet").to_table(columns=["id", "sha256"])
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    return dict(zip(ids, table.column("sha256").to_pylist()))
+
+
+def run_in_thread(spec):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["report"] = driver.run(spec)
+        except BaseException as e:  # surfaced by the test's assertion
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_actor_killed_mid_shard_is_replaced(ray_local, tmp_path):
+    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=2, workers=2, seed=5)
+    thread, outcome = run_in_thread(spec)
+    images = tmp_path / spec.job_id / "images"
+    # Mid-shard: an actor is inside run_shard and has stored part of its shard's images.
+    wait_for(lambda: images.exists() and any(images.rglob("*.png")), 120, "the first stored image")
+    victim = wait_for(lambda: pids_with_title("ray::SamplerActor.run_shard"), 30, "a busy actor")[0]
+    sigkill(victim)
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.actors_replaced >= 1 and report.retries >= 1
+    assert any("actor died" in e for e in report.errors)
+    assert sorted(ids_and_hashes(tmp_path / spec.job_id)) == list(range(48))
+    assert verify(str(tmp_path / spec.job_id), full=True).ok
+
+
+def test_failing_shard_stops_job_and_rerun_resumes(ray_local, tmp_path, monkeypatch):
+    spec = build_spec(count=40, out=str(tmp_path), steps=2, shard_size=8, batch_size=8, workers=2, seed=9)
+    monkeypatch.setenv(FAULT_ENV, "2")
+    with pytest.raises(driver.JobFailed, match=r"shard 2 \(ids 16-23\) attempt 3/3 failed: RuntimeError: fault injected.*gave up after 3 attempts"):
+        driver.run(spec)
+    job_dir = tmp_path / spec.job_id
+    committed = {p.name for p in (job_dir / "shards").iterdir()}
+    assert committed == {f"part-{k:05d}.parquet" for k in (0, 1, 3, 4)}  # the others finished and committed
+    assert not (job_dir / "_SUCCESS").exists()
+    monkeypatch.delenv(FAULT_ENV)
+    report = driver.run(spec)
+    assert report.shards_sampled == 5 - len(committed) and report.shards_skipped == len(committed)
+    assert verify(str(job_dir), full=True).ok
+
+
+def submit_cmd(out: Path, *extra: str) -> list[str]:
+    return [CLI, "submit", "--count", "48", "--steps", "4", "--shard-size", "8", "--batch-size", "4",
+            "--workers", "2", "--seed", "21", "--out", str(out), "--json", *extra]
+
+
+def test_driver_killed_then_rerun_resumes_identically(tmp_path):
+    """SIGKILL the driver process mid-job; the same command resumes and matches an uninterrupted run."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(submit_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        shards = lambda: list(out.glob("*/shards/*.parquet"))
+        wait_for(lambda: len(shards()) >= 2, 240, "two committed shards", interval=0.02)
+        sigkill(proc.pid)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = len(list(out.glob("*/shards/*.parquet")))
+    assert done_before < 6, "the driver finished before it could be killed"
+    resumed = subprocess.run(submit_cmd(out), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["shards_skipped"] >= done_before and report["shards_sampled"] == 6 - report["shards_skipped"]
+    reference = build_spec(count=48, out=str(tmp_path / "clean"), steps=4, shard_size=8, batch_size=4, workers=2, seed=21)
+    driver.run(reference)
+    job = next(out.iterdir())
+    assert ids_and_hashes(job) == ids_and_hashes(tmp_path / "clean" / reference.job_id)
+    assert verify(str(job), full=True).ok
+
+
+def test_second_driver_on_a_running_job_refuses(ray_local, tmp_path):
+    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=4, workers=1, seed=33)
+    thread, outcome = run_in_thread(spec)
+    wait_for(lambda: (tmp_path / spec.job_id / "_LEASE").exists(), 60, "the first driver's lease")
+    second = subprocess.run(([CLI, "submit", "--count", "48", "--steps", "6", "--shard-size", "8",
+                            "--batch-size", "4", "--seed", "33", "--out", str(tmp_path)]), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    error = second.stderr.strip().splitlines()[-1]  # after the one-line job announcement
+    assert error.startswith("novarch-batch: error: ") and "is being run by another driver" in error
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    assert verify(str(tmp_path / spec.job_id), full=True).ok

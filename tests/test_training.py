@@ -1,0 +1,109 @@
+"""Training smoke run, model folder format, judge, metrics and the two pictures."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+from training.dataset import make_images
+from training.evaluate import evaluate_images
+from training.explain import FRAMES, SCALE, render_explain
+from training.judge import default_folder, load_judge, predict_proba
+from training.metrics import frechet_distance, nearest_l2
+from training.preview import render_grid
+from training.train import TrainConfig, train
+
+FRESH_SEED = 4000  # seen by neither the model nor the judge
+
+
+@pytest.fixture(scope="module")
+def smoke_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    train(TrainConfig(out=str(out), steps=3, batch_size=4, warmup=2, threads=1, log_every=1,
+                      ckpt_dir=str(out / "ckpt"), ckpt_every=2))
+    return out
+
+
+def test_smoke_training_writes_a_loadable_folder(smoke_folder):
+    files = {p.name for p in smoke_folder.iterdir()}
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", "novarch.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
+    unet = UNet2DModel.from_pretrained(smoke_folder, use_safetensors=True)
+    assert unet.config.num_class_embeds == 3
+    meta = json.loads((smoke_folder / "novarch.json").read_text())
+    assert meta["classes"] == ["building", "house"] and meta["null_label"] == 2
+    assert meta["steps_done"] == 3 and meta["training_config"]["batch_size"] == 4
+    log = [json.loads(line) for line in (smoke_folder / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3] and all(np.isfinite(row["loss"]) for row in log)
+    assert (smoke_folder / "ckpt" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_smoke_training_is_reproducible(smoke_folder, tmp_path):
+    train(TrainConfig(out=str(tmp_path), steps=3, batch_size=4, warmup=2, threads=1, log_every=1))
+    a = (smoke_folder / "train_log.jsonl").read_text().splitlines()
+    b = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in a] == [json.loads(x)["loss"] for x in b]
+
+
+def test_bad_config_names_the_fix():
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        TrainConfig(out="x", steps=0)
+
+
+def test_shipped_judge_tells_buildings_from_houses():
+    judge = load_judge()
+    assert (default_folder() / "judge.json").is_file()
+    images, labels = make_images(np.arange(300), FRESH_SEED)
+    assert (predict_proba(judge, images).argmax(1) == labels).mean() > 0.9
+
+
+def test_missing_judge_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m training.judge"):
+        load_judge(tmp_path)
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 16))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    assert frechet_distance(a, rng.normal(size=(500, 16)) + 1.0) > 10  # mean shift of 1 in 16 dims: ~16
+
+
+def test_nearest_l2_finds_copies():
+    images, _ = make_images(np.arange(50), 0)
+    np.testing.assert_allclose(nearest_l2(images[:3], images), 0, atol=1e-4)  # cdist rounds at ~1e-6
+    assert (nearest_l2(images[:3], images, exclude_self=True) > 0.5).all()
+
+
+def test_evaluate_real_images_meets_every_target():
+    images, labels = make_images(np.arange(200), FRESH_SEED)
+    m = evaluate_images(images, "any")
+    assert m["purity"] > 0.95 and 0.4 <= m["balance"]["house"] <= 0.6
+    assert m["fd"] < 3 * m["fd_floor"] + 1e-6
+    assert min(m["nearest_train_l2"]) > 0.5  # fresh images are not copies of training images
+    houses = evaluate_images(images[labels == 1], "house")
+    assert houses["conditional_accuracy"] > 0.95 and houses["balance"] is None
+    with pytest.raises(ValueError, match="building, house or any"):
+        evaluate_images(images, "castle")
+
+
+def test_render_grid(tmp_path):
+    images, labels = make_images(np.arange(20), 0)
+    out = render_grid(images, [["building", "house"][k] for k in labels], tmp_path / "grid.png", cols=8)
+    with Image.open(out) as im:
+        im.load()
+        assert im.size == (8 * 66 + 2, 3 * 76 + 2)
+    with pytest.raises(ValueError, match="one per image"):
+        render_grid(images, ["house"], tmp_path / "bad.png")
+
+
+def test_render_explain(tmp_path):
+    torch.manual_seed(0)
+    folder = default_folder().parent / "novarch-tiny"
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True).eval()
+    out = render_explain(unet, DDPMScheduler.from_pretrained(folder), tmp_path / "explain.png", steps=8)
+    with Image.open(out) as im:
+        im.load()
+        assert im.width > FRAMES * 32 * SCALE and im.height > 3 * 32 * SCALE
