@@ -125,6 +125,11 @@ def status(job_url, as_json):
     click.echo(json.dumps(report.to_dict()) if as_json else report.text())
 
 
+from pipeline.cli_storage import storage  # noqa: E402  (a command group of its own module)
+
+cli.add_command(storage)
+
+
 def main() -> None:
     """Console entry point: usage errors become one line and exit code 2."""
     try:

@@ -22,6 +22,8 @@ from pipeline.storage import join, open_storage
 from workers.actor import FAULT_ENV, SamplerActor, ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
+RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
+FORWARDED_ENV = (FAULT_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
 
 
 class JobFailed(RuntimeError):
@@ -102,8 +104,9 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
     workers = min(plan.workers, len(todo))  # never more actors than shards left to sample
     report.actors = plan.describe()
     options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)
-    if os.environ.get(FAULT_ENV):  # test-only fault hook, forwarded to the actor processes
-        options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
+    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    if forwarded:
+        options["runtime_env"] = {"env_vars": forwarded}
     actor_cls = ray.remote(SamplerActor).options(**options)
 
     def new_actor():
@@ -113,13 +116,18 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
     queue: deque[Shard] = deque(todo)
     attempts: dict[int, int] = {}
     failed_on: dict[int, set[int]] = {}  # shard -> actor slots it failed on, so a retry goes elsewhere
+    not_before: dict[int, float] = {}  # shard -> monotonic time its retry may start
     running: dict[ray.ObjectRef, tuple[int, Shard]] = {}
     idle = list(range(len(actors)))
 
     def dispatch() -> None:
-        while idle and queue:
+        while idle:
+            now = time.monotonic()
+            ready = [s for s in queue if not_before.get(s.index, 0) <= now]
+            if not ready:
+                return
             slot = idle.pop(0)
-            pick = next((s for s in queue if slot not in failed_on.get(s.index, ())), queue[0])
+            pick = next((s for s in ready if slot not in failed_on.get(s.index, ())), ready[0])
             queue.remove(pick)
             attempts[pick.index] = attempts.get(pick.index, 0) + 1
             ref = actors[slot].run_shard.remote(shard_task(spec, job_url, pick, created_at))
@@ -128,8 +136,11 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
     fatal: str | None = None
     try:
         dispatch()
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1)
+        while running or queue:
+            done = ray.wait(list(running), num_returns=1, timeout=0.5 if queue else None)[0] if running else time.sleep(0.5)
+            if not done:  # only retries waiting for their delay
+                dispatch()
+                continue
             slot, shard = running.pop(done[0])
             try:
                 result: ShardResult = ray.get(done[0])
@@ -154,6 +165,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
                 else:
                     progress.note(f"retrying {message}")
                     report.retries += 1
+                    not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * attempts[shard.index]
                     queue.appendleft(shard)
             idle.append(slot)
             dispatch()

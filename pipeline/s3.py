@@ -40,6 +40,7 @@ MAX_POOL_CONNECTIONS = UPLOAD_POOL_SIZE + 4
 # Standard retry mode with 10 attempts: non-throttling back-off is rand * 0.05 s * 2**i, so ten
 # attempts ride out a store outage of roughly 10-25 s before the driver's shard retry takes over.
 DATA_MAX_ATTEMPTS = 10
+ATTEMPTS_ENV = "NOVARCH_S3_MAX_ATTEMPTS"  # overrides DATA_MAX_ATTEMPTS (the driver forwards it to actors)
 # Pre-flight: 2 attempts and 3 s timeouts, so a wrong or unreachable endpoint fails in under
 # ~10 s instead of the data path's minutes of retrying.
 PREFLIGHT_MAX_ATTEMPTS = 2
@@ -69,7 +70,7 @@ def mask_key(access_key: str | None) -> str:
 
 def _config(*, preflight: bool, path_style: bool, unsigned: bool) -> Config:
     kwargs = dict(
-        retries={"mode": "standard", "max_attempts": PREFLIGHT_MAX_ATTEMPTS if preflight else DATA_MAX_ATTEMPTS},
+        retries={"mode": "standard", "max_attempts": PREFLIGHT_MAX_ATTEMPTS if preflight else int(os.environ.get(ATTEMPTS_ENV, DATA_MAX_ATTEMPTS))},
         connect_timeout=PREFLIGHT_TIMEOUT_S if preflight else 10,
         # 120 s: a multi-hundred-MB Parquet shard on a slow link still completes.
         read_timeout=PREFLIGHT_TIMEOUT_S if preflight else 120,

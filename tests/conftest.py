@@ -7,18 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-# pytest_plugins = ["tests.fixtures_s3"]
+pytest_plugins = ["tests.fixtures_s3"]
 
 # Tests share 2 cores between pytest, Ray actors and the S3 server: keep torch to one thread here.
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
+    """Local Ray started after the S3 keys are in the environment, so actors inherit them as
+    they would inherit a user's AWS_* variables or a node's instance role."""
     import ray
 
     from pipeline import cluster
 
+    os.environ.update(s3_server.env())
     cluster.connect(None)
     yield ray
     ray.shutdown()

@@ -1,6 +1,4 @@
-"""The procedural generator: deterministic per (seed, index), fast, both classes."""
-import time
-
+"""The procedural generator: deterministic per (seed, index), both classes, sane shapes."""
 import numpy as np
 
 from training.dataset import make_images
@@ -46,10 +44,3 @@ def test_houses_are_wider_than_tall_buildings_are_taller():
     # the sky is brightest in the top rows; a tall building covers more of the top third than a house
     top = images[:, :10].astype(int)
     assert top[labels == 0].std(axis=(1, 2, 3)).mean() > top[labels == 1].std(axis=(1, 2, 3)).mean()
-
-
-def test_fast_enough():
-    make_images(np.arange(64), seed=0)  # warm-up
-    start = time.perf_counter()
-    make_images(np.arange(2000), seed=0)
-    assert 2000 / (time.perf_counter() - start) > 1000  # ~9,000/s on one core; loose for busy CI

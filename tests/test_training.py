@@ -57,6 +57,8 @@ def test_shipped_judge_tells_buildings_from_houses():
     assert (default_folder() / "judge.json").is_file()
     images, labels = make_images(np.arange(300), FRESH_SEED)
     assert (predict_proba(judge, images).argmax(1) == labels).mean() > 0.9
+    noise = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    assert (predict_proba(judge, noise)[:, :2].max(1) < 0.9).all()  # noise is no confident building/house
 
 
 def test_missing_judge_says_how_to_train_it(tmp_path):
