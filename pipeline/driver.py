@@ -1,14 +1,12 @@
 """The driver: plan the shards, run the missing ones on a pool of sampler actors, commit the job.
 
-Fault handling (docs/faults.md): a shard that fails is retried, on another actor where one is
-free, up to MAX_ATTEMPTS times; an actor that dies is replaced; the driver keeps no image data, only
-per-shard stats, so its memory does not grow with --count.
+Fault handling is in pipeline/scheduler.py (docs/faults.md). The driver keeps no image data,
+only per-shard stats, so its memory does not grow with --count.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import ray
@@ -17,17 +15,12 @@ from pipeline import cluster, manifest
 from pipeline.lease import Lease
 from pipeline.plan import Shard, missing_shards
 from pipeline.progress import Progress
+from pipeline.scheduler import JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
 from pipeline.spec import JobSpec
 from pipeline.storage import join, open_storage
 from workers.actor import FAULT_ENV, SamplerActor, ShardResult, ShardTask
 
-MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
-RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
 FORWARDED_ENV = (FAULT_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
-
-
-class JobFailed(RuntimeError):
-    """The job could not complete; committed shards stay, so the same command resumes it."""
 
 
 @dataclass
@@ -109,68 +102,22 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
         options["runtime_env"] = {"env_vars": forwarded}
     actor_cls = ray.remote(SamplerActor).options(**options)
 
-    def new_actor():
-        return actor_cls.remote(spec.model, plan.device, plan.threads or None)
+    def on_done(shard: Shard, result: ShardResult) -> None:
+        report.shards_sampled += 1
+        report.images_sampled += result.images
+        report.sample_seconds += result.sample_seconds
+        checksums[shard.index] = result.checksum
+        progress.advance(result.images)
 
-    actors = [new_actor() for _ in range(workers)]
-    queue: deque[Shard] = deque(todo)
-    attempts: dict[int, int] = {}
-    failed_on: dict[int, set[int]] = {}  # shard -> actor slots it failed on, so a retry goes elsewhere
-    not_before: dict[int, float] = {}  # shard -> monotonic time its retry may start
-    running: dict[ray.ObjectRef, tuple[int, Shard]] = {}
-    idle = list(range(len(actors)))
-
-    def dispatch() -> None:
-        while idle:
-            now = time.monotonic()
-            ready = [s for s in queue if not_before.get(s.index, 0) <= now]
-            if not ready:
-                return
-            slot = idle.pop(0)
-            pick = next((s for s in ready if slot not in failed_on.get(s.index, ())), ready[0])
-            queue.remove(pick)
-            attempts[pick.index] = attempts.get(pick.index, 0) + 1
-            ref = actors[slot].run_shard.remote(shard_task(spec, job_url, pick, created_at))
-            running[ref] = (slot, pick)
-
-    fatal: str | None = None
+    scheduler = ShardScheduler(
+        make_actor=lambda: actor_cls.remote(spec.model, plan.device, plan.threads or None),
+        workers=workers,
+        make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
+        on_done=on_done,
+        note=progress.note,
+    )
     try:
-        dispatch()
-        while running or queue:
-            done = ray.wait(list(running), num_returns=1, timeout=0.5 if queue else None)[0] if running else time.sleep(0.5)
-            if not done:  # only retries waiting for their delay
-                dispatch()
-                continue
-            slot, shard = running.pop(done[0])
-            try:
-                result: ShardResult = ray.get(done[0])
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-                result = ShardResult(shard.index, False, error=f"actor died: {type(e).__name__}")
-                ray.kill(actors[slot], no_restart=True)
-                actors[slot] = new_actor()
-                report.actors_replaced += 1
-            if result.ok:
-                report.shards_sampled += 1
-                report.images_sampled += result.images
-                report.sample_seconds += result.sample_seconds
-                checksums[shard.index] = result.checksum
-                progress.advance(result.images)
-            else:
-                failed_on.setdefault(shard.index, set()).add(slot)
-                message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {attempts[shard.index]}/{MAX_ATTEMPTS} failed: {result.error}"
-                report.errors.append(message)
-                if attempts[shard.index] >= MAX_ATTEMPTS:
-                    fatal = fatal or message
-                    queue.clear()  # let the shards in flight finish and commit, start no more
-                else:
-                    progress.note(f"retrying {message}")
-                    report.retries += 1
-                    not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * attempts[shard.index]
-                    queue.appendleft(shard)
-            idle.append(slot)
-            dispatch()
+        scheduler.run(todo)
     finally:
-        for actor in actors:  # also on Ctrl-C: uncommitted shards are simply sampled again next run
-            ray.kill(actor, no_restart=True)
-    if fatal:
-        raise JobFailed(f"{fatal}; gave up after {MAX_ATTEMPTS} attempts. Committed shards are kept: fix the cause and re-run the same command to resume")
+        report.retries, report.actors_replaced = scheduler.retries, scheduler.replaced
+        report.errors = scheduler.errors

@@ -1,0 +1,118 @@
+"""Run shards on a pool of sampler actors: bounded retries, dead actors replaced.
+
+An actor slot is *starting* until its ``ping`` answers, then *idle* or *busy*. A replacement that
+cannot be placed yet (a lost node, an autoscaler still adding one) simply stays starting while the
+other actors take the work, so losing a node never deadlocks the job.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Callable
+
+import ray
+
+from pipeline.plan import Shard
+from workers.actor import ShardResult, ShardTask
+
+MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
+RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
+ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+class JobFailed(RuntimeError):
+    """The job could not complete; committed shards stay, so the same command resumes it."""
+
+
+class ShardScheduler:
+    def __init__(self, make_actor: Callable[[], object], workers: int, make_task: Callable[[Shard], ShardTask],
+                 on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None]):
+        self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
+        self.actors: list = []
+        self.starting: dict[ray.ObjectRef, int] = {}  # ping ref -> slot
+        self.running: dict[ray.ObjectRef, tuple[int, Shard]] = {}  # run_shard ref -> (slot, shard)
+        self.idle: list[int] = []
+        self.queue: deque[Shard] = deque()
+        self.attempts: dict[int, int] = {}
+        self.failed_on: dict[int, set[int]] = {}  # shard -> slots it failed on, so a retry goes elsewhere
+        self.not_before: dict[int, float] = {}  # shard -> monotonic time its retry may start
+        self.retries = self.replaced = 0
+        self.errors: list[str] = []
+        self.fatal: str | None = None
+        for _ in range(workers):
+            self.actors.append(None)
+            self._start(len(self.actors) - 1)
+
+    def _start(self, slot: int) -> None:
+        actor = self.make_actor()
+        self.actors[slot] = actor
+        self.starting[actor.ping.remote()] = slot
+
+    def _replace(self, slot: int) -> None:
+        ray.kill(self.actors[slot], no_restart=True)
+        self.replaced += 1
+        self._start(slot)
+
+    def _dispatch(self) -> None:
+        while self.idle:
+            now = time.monotonic()
+            ready = [s for s in self.queue if self.not_before.get(s.index, 0) <= now]
+            if not ready:
+                return
+            slot = self.idle.pop(0)
+            pick = next((s for s in ready if slot not in self.failed_on.get(s.index, ())), ready[0])
+            self.queue.remove(pick)
+            self.attempts[pick.index] = self.attempts.get(pick.index, 0) + 1
+            self.running[self.actors[slot].run_shard.remote(self.make_task(pick))] = (slot, pick)
+
+    def run(self, shards: list[Shard]) -> None:
+        """Sample every shard or raise JobFailed; the actors are killed on the way out."""
+        self.queue.extend(shards)
+        try:
+            while self.running or self.queue:
+                waiting = list(self.running) + list(self.starting)
+                done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
+                for ref in done:
+                    if ref in self.starting:
+                        self._started(ref)
+                    else:
+                        self._finished(ref)
+                self._dispatch()
+        finally:
+            for actor in self.actors:  # also on Ctrl-C: uncommitted shards are sampled again next run
+                ray.kill(actor, no_restart=True)
+        if self.fatal:
+            raise JobFailed(f"{self.fatal}; gave up after {MAX_ATTEMPTS} attempts. Committed shards are kept: "
+                            f"fix the cause and re-run the same command to resume")
+
+    def _started(self, ref) -> None:
+        slot = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+            self.idle.append(slot)
+        except ACTOR_DIED:
+            self._replace(slot)  # died while loading (its node went away): try again elsewhere
+
+    def _finished(self, ref) -> None:
+        slot, shard = self.running.pop(ref)
+        try:
+            result: ShardResult = ray.get(ref)
+        except ACTOR_DIED as e:
+            result = ShardResult(shard.index, False, error=f"actor died: {type(e).__name__}")
+            self._replace(slot)
+        else:
+            self.idle.append(slot)
+        if result.ok:
+            self.on_done(shard, result)
+            return
+        self.failed_on.setdefault(shard.index, set()).add(slot)
+        message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {self.attempts[shard.index]}/{MAX_ATTEMPTS} failed: {result.error}"
+        self.errors.append(message)
+        if self.attempts[shard.index] >= MAX_ATTEMPTS:
+            self.fatal = self.fatal or message
+            self.queue.clear()  # let the shards in flight finish and commit, start no more
+        else:
+            self.note(f"retrying {message}")
+            self.retries += 1
+            self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
+            self.queue.appendleft(shard)
