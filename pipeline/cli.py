@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -42,15 +43,14 @@ def cli() -> None:
 @click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")
 @click.option("--model", default=None, metavar="PATH", help="Diffusers-format model folder (safetensors). Default: the shipped NovArch-tiny.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where actors run the network.")
+@click.option("--cluster", default=None, metavar="URL", help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
+@click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
-def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, as_json):
+def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, cluster, wait, as_json):
     """Generate COUNT images into OUT as Parquet shards + PNG files.
 
     Running the same command again resumes the job: committed shards are skipped.
     """
-    from pipeline import driver
-    from pipeline.lease import JobBusy
-    from pipeline.progress import Progress
     from pipeline.storage import StorageError
 
     try:
@@ -61,6 +61,15 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         )
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
+    if cluster:
+        submit_to_cluster(cluster, spec, wait, as_json)
+        return
+    if wait:
+        fail("--wait only applies with --cluster URL", EXIT_USAGE)
+    from pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
+    from pipeline.lease import JobBusy
+    from pipeline.progress import Progress
+
     progress = Progress()
     progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {out.rstrip('/')}/{spec.job_id}")
     try:
@@ -71,6 +80,10 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         fail(str(e), EXIT_RUNTIME)
     except KeyboardInterrupt:
         fail("interrupted; committed shards are kept, run the same command to resume", 130)
+    except Exception as e:  # an unforeseen failure still gets one line; NOVARCH_DEBUG=1 shows the traceback
+        if os.environ.get("NOVARCH_DEBUG"):
+            raise
+        fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (set NOVARCH_DEBUG=1 for the traceback)", EXIT_RUNTIME)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
         return
@@ -81,6 +94,84 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         f"  look: novarch-batch preview {report.url} --out grid.png\n"
         f"  read: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.url}/shards').to_table().to_pandas().head())\""
     )
+
+
+def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
+    from pipeline import jobs
+    from pipeline.storage import join
+
+    output_url = join(jobs.absolute_out(spec.output.out), spec.job_id)
+    try:
+        submission = jobs.submit(address, spec, output_url)
+    except jobs.ClusterError as e:
+        fail(str(e), EXIT_RUNTIME)
+    if as_json and not wait:
+        click.echo(json.dumps({"submission_id": submission.submission_id, "job_id": spec.job_id, "output": output_url}))
+    else:
+        click.echo(f"submitted {submission.submission_id} to {address}\n  output: {output_url}\n"
+                   f"  follow: novarch-batch jobs logs {submission.submission_id} --cluster {address}", err=wait)
+    if wait:
+        status = jobs.follow(address, submission.submission_id, lambda text: click.echo(text))
+        click.echo(f"job {submission.submission_id}: {status}", err=True)
+        sys.exit(0 if status == "SUCCEEDED" else EXIT_RUNTIME)
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """List, inspect, follow and stop jobs on a Ray cluster (Ray Jobs API)."""
+
+
+cluster_option = click.option("--cluster", required=True, metavar="URL", help="Ray Jobs API address, e.g. http://HEAD:8265.")
+
+
+def _jobs_client(address: str):
+    from pipeline import jobs
+
+    try:
+        return jobs.client(address)
+    except jobs.ClusterError as e:
+        fail(str(e), EXIT_RUNTIME)
+
+
+@jobs_group.command("list")
+@cluster_option
+def jobs_list(cluster):
+    """Every submission on the cluster, newest first."""
+    details = sorted(_jobs_client(cluster).list_jobs(), key=lambda d: d.start_time or 0, reverse=True)
+    for d in details:
+        click.echo(f"{d.submission_id}\t{d.status}\t{(d.metadata or {}).get('output', '')}")
+
+
+@jobs_group.command("status")
+@click.argument("submission_id")
+@cluster_option
+def jobs_status(submission_id, cluster):
+    """One submission's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    info = _jobs_client(cluster).get_job_info(submission_id)
+    click.echo(f"{submission_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+
+
+@jobs_group.command("logs")
+@click.argument("submission_id")
+@cluster_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def jobs_logs(submission_id, cluster, follow):
+    """The job driver's log."""
+    from pipeline import jobs
+
+    if follow:
+        status = jobs.follow(cluster, submission_id, click.echo)
+        sys.exit(0 if status == "SUCCEEDED" else EXIT_RUNTIME)
+    click.echo(_jobs_client(cluster).get_job_logs(submission_id), nl=False)
+
+
+@jobs_group.command("stop")
+@click.argument("submission_id")
+@cluster_option
+def jobs_stop(submission_id, cluster):
+    """Stop a running submission; committed shards stay and a re-submit resumes."""
+    stopped = _jobs_client(cluster).stop_job(submission_id)
+    click.echo(f"{submission_id}: {'stop requested' if stopped else 'already finished'}")
 
 
 @cli.command()

@@ -27,6 +27,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    address = address or os.environ.get("RAY_ADDRESS")  # set for a driver run by the Jobs API
     if address:
         ray.init(address=address, **kwargs)
     else:
