@@ -6,6 +6,7 @@ only per-shard stats, so its memory does not grow with --count.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -36,9 +37,11 @@ class JobReport:
     actors_replaced: int = 0
     actors: str = ""
     seconds: float = 0.0
+    startup_seconds: float = 0.0  # until the first actor had loaded the model (Ray start included)
     sample_seconds: float = 0.0
     images_per_second: float = 0.0
     complete: bool = False
+    driver_peak_rss_mb: float = 0.0  # this process only: its memory must not grow with --count
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -78,7 +81,7 @@ def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
         try:
-            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
+            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started)
         finally:
             progress.close()
     for k in range(spec.num_shards):
@@ -86,12 +89,13 @@ def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
             checksums[k] = manifest.shard_checksum(job, k)
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.images_sampled / report.seconds, 2) if report.seconds else 0.0
+    report.driver_peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     manifest.write_success(job, spec, checksums, {"images_sampled_last_run": report.images_sampled})
     report.complete = True
     return report
 
 
-def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress) -> None:
+def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started) -> None:
     cluster.connect(spec.run.ray_address)
     plan = cluster.plan_actors(spec.run.workers, spec.run.device)
     workers = min(plan.workers, len(todo))  # never more actors than shards left to sample
@@ -120,4 +124,5 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress)
         scheduler.run(todo)
     finally:
         report.retries, report.actors_replaced = scheduler.retries, scheduler.replaced
+        report.startup_seconds = round((scheduler.first_ready or time.perf_counter()) - started, 3)
         report.errors = scheduler.errors

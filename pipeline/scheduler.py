@@ -39,6 +39,7 @@ class ShardScheduler:
         self.retries = self.replaced = 0
         self.errors: list[str] = []
         self.fatal: str | None = None
+        self.first_ready: float | None = None  # perf_counter when the first actor had loaded its model
         for _ in range(workers):
             self.actors.append(None)
             self._start(len(self.actors) - 1)
@@ -90,6 +91,7 @@ class ShardScheduler:
         try:
             ray.get(ref)
             self.idle.append(slot)
+            self.first_ready = self.first_ready or time.perf_counter()
         except ACTOR_DIED:
             self._replace(slot)  # died while loading (its node went away): try again elsewhere
 

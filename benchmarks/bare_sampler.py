@@ -1,0 +1,43 @@
+"""Bare sampler: network + sampler alone in one process (no Ray, no encoding, no storage).
+
+    python -m benchmarks.bare_sampler --count 2000 --steps 5 --guidance 1 --batch-size 64
+Prints one JSON line: images/s of the sampling loop (model loading excluded).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import torch
+
+from workers.actor import SamplerActor
+from workers.model import default_model_dir
+from workers.seeds import sample_seed
+
+
+@click.command()
+@click.option("--count", default=2000)
+@click.option("--sampler", default="dpmpp-2m")
+@click.option("--steps", default=5)
+@click.option("--guidance", default=1.0)
+@click.option("--class", "class_name", default="building")
+@click.option("--batch-size", default=64)
+@click.option("--threads", default=2)
+@click.option("--device", default="auto")
+def main(count, sampler, steps, guidance, class_name, batch_size, threads, device):
+    torch.set_num_threads(threads)
+    actor = SamplerActor(str(default_model_dir()), device, threads)
+    seeds = [sample_seed(0, i) for i in range(count)]
+    actor.sample(seeds[:batch_size], class_name, sampler, steps, guidance)  # warm-up: kernels, allocator
+    if actor.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for lo in range(0, count, batch_size):
+        actor.sample(seeds[lo:lo + batch_size], class_name, sampler, steps, guidance)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(actor.device)}))
+
+
+if __name__ == "__main__":
+    main()
