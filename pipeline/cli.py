@@ -43,10 +43,12 @@ def cli() -> None:
 @click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")
 @click.option("--model", default=None, metavar="PATH", help="Diffusers-format model folder (safetensors). Default: the shipped NovArch-tiny.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where actors run the network.")
+@click.option("--embed-images", is_flag=True, help="Store PNG bytes in the Parquet rows (one object per shard) instead of one file per image.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and a time estimate from a short calibration; write nothing.")
 @click.option("--cluster", default=None, metavar="URL", help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
-def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, cluster, wait, as_json):
+def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, embed_images, dry_run, cluster, wait, as_json):
     """Generate COUNT images into OUT as Parquet shards + PNG files.
 
     Running the same command again resumes the job: committed shards are skipped.
@@ -57,10 +59,16 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         spec = build_spec(
             count=count, out=out, class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
             seed=seed, shard_size=shard_size, batch_size=batch_size, workers=workers, job_id=job_id,
-            ray_address=ray_address, model=model, device=device,
+            ray_address=ray_address, model=model, device=device, embed_images=embed_images,
         )
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
+    if dry_run:
+        from pipeline.dryrun import dry_run as plan_only
+
+        plan = plan_only(spec)
+        click.echo(json.dumps(plan) if as_json else "\n".join(f"{k}: {v}" for k, v in plan.items()))
+        return
     if cluster:
         submit_to_cluster(cluster, spec, wait, as_json)
         return

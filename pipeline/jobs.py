@@ -65,6 +65,8 @@ def submit_flags(spec: JobSpec) -> list[str]:
              "--batch-size", r.batch_size, "--job-id", spec.job_id, "--device", r.device, "--json"]
     if r.workers:
         flags += ["--workers", r.workers]
+    if spec.output.embed_images:
+        flags += ["--embed-images"]
     return [str(f) for f in flags]
 
 

@@ -99,3 +99,33 @@ def test_job_id_reused_with_another_spec_is_refused(finished_job, ray_local):
     clash = build_spec(count=COUNT, out=str(job_dir.parent), steps=4, job_id=spec.job_id)
     with pytest.raises(SpecError, match="with another spec"):
         driver.run(clash)
+
+
+def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
+    spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, workers=1, seed=2, embed_images=True)
+    driver.run(spec)
+    job_dir = tmp_path / spec.job_id
+    assert not (job_dir / "images").exists()
+    rows = read_job(job_dir)
+    assert [r["id"] for r in rows] == list(range(12))
+    for r in rows:
+        assert hashlib.sha256(r["image"]).hexdigest() == r["sha256"]
+        assert Image.open(io.BytesIO(r["image"])).size == (32, 32)
+        assert r["image_key"] == shard_format.embedded_key(r["shard"], r["id"])
+    from pipeline.verify import verify
+
+    assert verify(str(job_dir), full=True).ok
+
+
+def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).with_name("novarch-batch"))
+    proc = subprocess.run([cli, "submit", "--count", "5000", "--steps", "2", "--out", str(tmp_path / "o"), "--dry-run", "--json"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["shards"] == "64 of 79 images" and plan["calibrated_images_per_second"] > 0 and plan["estimated_minutes"] > 0
+    assert not (tmp_path / "o").exists()

@@ -129,7 +129,7 @@ class SamplerActor:
             images = self.sample(seeds[lo : lo + task.batch_size], task.class_name, task.sampler, task.steps, task.guidance, task.eta)
             sample_seconds += time.perf_counter() - t0
             for j, image in enumerate(images):
-                pending.append(self.pool.submit(self._store_image, storage, task, ids[lo + j], image))
+                pending.append(self.pool.submit(self._store_image, storage if not task.embed_images else None, task, ids[lo + j], image))
         stored = [f.result() for f in pending]  # re-raises the first upload error: the shard is not committed
         height, width = stored[0][2][:2] if stored else (0, 0)
         created = datetime.fromisoformat(task.created_at)
@@ -145,18 +145,22 @@ class SamplerActor:
             "eta": [task.eta] * len(ids),
             "model": [self.info.name] * len(ids),
             "model_sha256": [self.info.sha256] * len(ids),
-            "image_key": [key for key, _, _ in stored],
+            "image_key": [key for key, _, _, _ in stored],
             "width": [width] * len(ids),
             "height": [height] * len(ids),
             "format": ["png"] * len(ids),
-            "sha256": [digest for _, digest, _ in stored],
+            "sha256": [digest for _, digest, _, _ in stored],
             "created_at": [created] * len(ids),
-            "image": [None] * len(ids),
+            "image": [data for _, _, _, data in stored] if task.embed_images else [None] * len(ids),
         }
         return rows, sample_seconds
 
     def _store_image(self, storage, task: ShardTask, sample_id: int, image):
+        """Encode one image and upload it, or keep its bytes for the Parquet row when the job embeds
+        images (storage is None): one PUT per shard instead of one per image."""
         data = encode_png(image)
+        if storage is None:
+            return shard_format.embedded_key(task.shard, sample_id), sha256_hex(data), image.shape, data
         key = shard_format.image_key(task.shard, sample_id)
         storage.put_bytes(key, data)
-        return key, sha256_hex(data), image.shape
+        return key, sha256_hex(data), image.shape, None

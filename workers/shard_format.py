@@ -39,6 +39,11 @@ def image_key(shard: int, sample_id: int, fmt: str = "png") -> str:
     return f"images/{shard:05d}/{sample_id:09d}.{fmt}"
 
 
+def embedded_key(shard: int, sample_id: int) -> str:
+    """image_key of an image embedded in its shard's `image` column: the shard file plus the id."""
+    return f"{shard_key(shard)}#{sample_id:09d}"
+
+
 def shard_key(shard: int) -> str:
     return f"shards/part-{shard:05d}.parquet"
 
