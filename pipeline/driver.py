@@ -41,6 +41,7 @@ class JobReport:
     sample_seconds: float = 0.0
     images_per_second: float = 0.0
     complete: bool = False
+    recovery_seconds: list[float] = field(default_factory=list)  # per failed shard: first failure to commit
     driver_peak_rss_mb: float = 0.0  # this process only: its memory must not grow with --count
     errors: list[str] = field(default_factory=list)
 
@@ -126,3 +127,4 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         report.retries, report.actors_replaced = scheduler.retries, scheduler.replaced
         report.startup_seconds = round((scheduler.first_ready or time.perf_counter()) - started, 3)
         report.errors = scheduler.errors
+        report.recovery_seconds = scheduler.recoveries

@@ -39,6 +39,8 @@ class ShardScheduler:
         self.retries = self.replaced = 0
         self.errors: list[str] = []
         self.fatal: str | None = None
+        self.failed_at: dict[int, float] = {}  # shard -> perf_counter of its first failure
+        self.recoveries: list[float] = []  # seconds from a shard's failure to its commit
         self.first_ready: float | None = None  # perf_counter when the first actor had loaded its model
         for _ in range(workers):
             self.actors.append(None)
@@ -105,8 +107,11 @@ class ShardScheduler:
         else:
             self.idle.append(slot)
         if result.ok:
+            if shard.index in self.failed_at:
+                self.recoveries.append(round(time.perf_counter() - self.failed_at.pop(shard.index), 2))
             self.on_done(shard, result)
             return
+        self.failed_at.setdefault(shard.index, time.perf_counter())
         self.failed_on.setdefault(shard.index, set()).add(slot)
         message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {self.attempts[shard.index]}/{MAX_ATTEMPTS} failed: {result.error}"
         self.errors.append(message)

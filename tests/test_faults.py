@@ -54,6 +54,8 @@ def test_actor_killed_mid_shard_is_replaced(ray_local, tmp_path):
     report = outcome["report"]
     assert report.actors_replaced >= 1 and report.retries >= 1
     assert any("actor died" in e for e in report.errors)
+    assert len(report.recovery_seconds) >= 1
+    print(f"actor kill: recovered in {report.recovery_seconds} s")
     assert sorted(ids_and_hashes(tmp_path / spec.job_id)) == list(range(48))
     assert verify(str(tmp_path / spec.job_id), full=True).ok
 

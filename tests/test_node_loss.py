@@ -46,5 +46,6 @@ def test_job_completes_after_a_node_is_removed(three_node_cluster, tmp_path):
     assert "error" not in outcome, outcome.get("error")
     report = outcome["report"]
     assert report.complete and report.actors_replaced >= 2
+    print(f"node loss: shards recovered in {report.recovery_seconds} s")
     result = verify(str(tmp_path / spec.job_id), full=True)
     assert result.ok and result.rows == 64, result.problems

@@ -73,12 +73,17 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
 
 
 def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
-    """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step."""
+    """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step.
+
+    With clip_sample the data prediction is clamped to [-1, 1] (diffusers' thresholding with
+    sample_max_value 1): at t = T-1 of a cosine schedule alpha_bar is ~2e-9, so an unclamped x0
+    from eps amplifies the network's error ~20,000 times and the first step never recovers.
+    """
     lam = lambda a: 0.5 * math.log(a / (1 - a))  # lambda_t = log(alpha_t / sigma_t)
     prev_x0, prev_h = None, None
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_s = schedule.alpha_bar(t)
-        x0 = predict_x0(x, denoise(x, t), a_s, clip=False)
+        x0 = predict_x0(x, denoise(x, t), a_s, schedule.clip_sample)
         if t_prev < 0:
             x = x0  # final step to sigma = 0: the first-order update reduces to the data prediction
         else:
