@@ -18,7 +18,7 @@ from workers.seeds import sample_seed
 
 @click.command()
 @click.option("--count", default=2000)
-@click.option("--sampler", default="dpmpp-2m")
+@click.option("--sampler", default="ddpm")
 @click.option("--steps", default=5)
 @click.option("--guidance", default=1.0)
 @click.option("--class", "class_name", default="building")

@@ -20,13 +20,15 @@ import numpy as np
 class DiffusersSampler:
     def __init__(self, model_dir: str, scheduler: str, steps: int, guidance: float, label: int, threads: int):
         import torch
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.unet = UNet2DModel.from_pretrained(model_dir).eval()
         if scheduler == "ddim":
             self.scheduler = DDIMScheduler.from_pretrained(model_dir, timestep_spacing="trailing")
+        elif scheduler == "ddpm":
+            self.scheduler = DDPMScheduler.from_pretrained(model_dir, timestep_spacing="trailing")
         else:
             self.scheduler = DPMSolverMultistepScheduler.from_pretrained(model_dir, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
         self.steps, self.guidance, self.label = steps, guidance, label
@@ -49,7 +51,7 @@ class DiffusersSampler:
                 else:
                     cond, uncond = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, nulls])).sample.chunk(2)
                     eps = uncond + self.guidance * (cond - uncond)
-                x = self.scheduler.step(eps, t, x).prev_sample
+                x = self.scheduler.step(eps, t, x, generator=gens).prev_sample
         pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         pngs = []
         for image in pixels:
@@ -61,7 +63,7 @@ class DiffusersSampler:
 
 @click.command()
 @click.option("--count", default=2000)
-@click.option("--scheduler", type=click.Choice(["dpmpp-2m", "ddim"]), default="dpmpp-2m")
+@click.option("--scheduler", type=click.Choice(["ddpm", "ddim", "dpmpp-2m"]), default="ddpm")
 @click.option("--steps", default=5)
 @click.option("--guidance", default=1.0)
 @click.option("--batch-size", default=64)

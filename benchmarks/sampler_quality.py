@@ -1,8 +1,9 @@
 """Quality against steps for every sampler, judged by the shipped classifier (BENCHMARKS.md).
 
-For each sampler and step count: N buildings and N houses at the given guidance, then purity,
-conditional accuracy and the Fréchet distance (judge features) against 2N real images, beside
-the real-vs-real floor, and the sampling time per image. DDPM at 1,000 steps is the reference.
+For each sampler and step count: N buildings and N houses at the given guidance, then the model
+card's metrics (training.evaluate): purity, conditional accuracy and the Fréchet distance in the
+judge's features against real images of the class, as a ratio to the real-vs-real floor, and the
+sampling time per image. DDPM at 1,000 steps is the reference.
 
     python -m benchmarks.sampler_quality --per-class 100 --out benchmarks/results/quality.json
 """
@@ -15,31 +16,24 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, save
-from training.dataset import make_images
-from training.evaluate import FLOOR_SEED, REAL_SEED
-from training.judge import JUDGE_CLASSES, features, load_judge, predict_proba
-from training.metrics import frechet_distance
+from training.evaluate import evaluate_images
+from training.judge import load_judge
 from workers.actor import SamplerActor
 from workers.model import default_model_dir
 from workers.seeds import sample_seed
 
-BATCH = 100
-
-
-def sample_class(actor: SamplerActor, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int) -> np.ndarray:
+def sample_class(actor: SamplerActor, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
+                 batch: int) -> np.ndarray:
     seeds = [sample_seed(base_seed, i) for i in range(n)]
-    return np.concatenate([actor.sample(seeds[i:i + BATCH], class_name, sampler, steps, guidance) for i in range(0, n, BATCH)])
+    return np.concatenate([actor.sample(seeds[i:i + batch], class_name, sampler, steps, guidance) for i in range(0, n, batch)])
 
 
-def score(judge, real_feats, floor: float, buildings: np.ndarray, houses: np.ndarray) -> dict:
-    images = np.concatenate([buildings, houses])
-    probs = predict_proba(judge, images)
-    judged = probs.argmax(1)
-    n = len(buildings)
-    accuracy = {"building": float((judged[:n] == 0).mean()), "house": float((judged[n:] == 1).mean())}
-    fd = frechet_distance(features(judge, images), real_feats)
-    return {"purity": float((probs[:, :2].max(1) >= 0.9).mean()), "accuracy": accuracy,
-            "neither": float((judged == JUDGE_CLASSES.index("neither")).mean()), "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor}
+def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
+    """The model card's metrics (training.evaluate) per class; FD against real images of that class."""
+    b, h = evaluate_images(buildings, "building", judge), evaluate_images(houses, "house", judge)
+    return {"purity": (b["purity"] + h["purity"]) / 2, "accuracy": {"building": b["conditional_accuracy"], "house": h["conditional_accuracy"]},
+            "fd": {"building": b["fd"], "house": h["fd"]}, "fd_floor": {"building": b["fd_floor"], "house": h["fd_floor"]},
+            "fd_ratio": (b["fd_ratio"] + h["fd_ratio"]) / 2}
 
 
 @click.command()
@@ -49,29 +43,31 @@ def score(judge, real_feats, floor: float, buildings: np.ndarray, houses: np.nda
 @click.option("--reference-steps", default=1000, show_default=True, help="DDPM reference; 0 skips it.")
 @click.option("--guidance", default=2.0, show_default=True)
 @click.option("--threads", default=2, show_default=True)
+@click.option("--batch", default=100, show_default=True, help="Micro-batch (500+ on a GPU).")
+@click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="benchmarks/results/quality.json", show_default=True)
-def main(per_class, samplers, steps_list, reference_steps, guidance, threads, out):
+def main(per_class, samplers, steps_list, reference_steps, guidance, threads, batch, device, out):
     torch.set_num_threads(threads)
-    actor = SamplerActor(str(default_model_dir()), "auto", threads)
+    actor = SamplerActor(str(default_model_dir()), device, threads)
     judge = load_judge()
     n = 2 * per_class
-    real_feats = features(judge, make_images(np.arange(n), REAL_SEED)[0])
-    floor = frechet_distance(real_feats, features(judge, make_images(np.arange(n), FLOOR_SEED)[0]))
     settings = [(s, k) for s in samplers.split(",") for k in map(int, steps_list.split(","))]
     if reference_steps:
         settings.append(("ddpm", reference_steps))
     rows = []
-    print(f"{'sampler':10} {'steps':>5} {'purity':>7} {'acc(b)':>7} {'acc(h)':>7} {'FD':>8} {'FD/floor':>8} {'ms/img':>8}")
+    print(f"{'sampler':10} {'steps':>5} {'purity':>7} {'acc(b)':>7} {'acc(h)':>7} {'FD/floor':>8} {'ms/img':>8}")
     for sampler, steps in settings:
         t0 = time.perf_counter()
-        b = sample_class(actor, "building", per_class, sampler, steps, guidance, 100)
-        h = sample_class(actor, "house", per_class, sampler, steps, guidance, 200)
+        b = sample_class(actor, "building", per_class, sampler, steps, guidance, 100, batch)
+        h = sample_class(actor, "house", per_class, sampler, steps, guidance, 200, batch)
+        if actor.device.type == "cuda":
+            torch.cuda.synchronize()
         ms = 1000 * (time.perf_counter() - t0) / n
-        row = {"sampler": sampler, "steps": steps, "guidance": guidance, "ms_per_image": ms, **score(judge, real_feats, floor, b, h)}
+        row = {"sampler": sampler, "steps": steps, "guidance": guidance, "ms_per_image": ms, **score(judge, b, h)}
         rows.append(row)
         print(f"{sampler:10} {steps:5d} {row['purity']:7.3f} {row['accuracy']['building']:7.3f} {row['accuracy']['house']:7.3f} "
-              f"{row['fd']:8.3f} {row['fd_ratio']:8.2f} {ms:8.1f}", flush=True)
-    save({"machine": machine(), "per_class": per_class, "rows": rows}, out)
+              f"{row['fd_ratio']:8.1f} {ms:8.2f}", flush=True)
+    save({"machine": machine(), "device": str(actor.device), "per_class": per_class, "rows": rows}, out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def settings_flags(count, sampler, steps, guidance, batch_size) -> list[str]:
 
 @click.command()
 @click.option("--count", default=2000, show_default=True)
-@click.option("--sampler", default="dpmpp-2m", show_default=True)
+@click.option("--sampler", default="ddpm", show_default=True)
 @click.option("--steps", default=5, show_default=True)
 @click.option("--guidance", default=1.0, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)

@@ -31,7 +31,7 @@ def cli() -> None:
 @click.option("--count", required=True, metavar="N", help="Number of images to generate (1 to 100,000,000).")
 @click.option("--out", default="./novarch-out", show_default=True, metavar="PATH|URL", help="Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in <out>/<job_id>/.")
 @click.option("--class", "class_name", default="any", show_default=True, type=click.Choice(CLASSES), help="Requested class; 'any' samples unconditionally, so each image drifts to the kind it finds.")
-@click.option("--sampler", default="dpmpp-2m", show_default=True, type=click.Choice(SAMPLERS), help="Reverse sampler (see BENCHMARKS.md for quality against steps).")
+@click.option("--sampler", default="ddpm", show_default=True, type=click.Choice(SAMPLERS), help="Reverse sampler; ddpm gives this model its best images per step (BENCHMARKS.md).")
 @click.option("--steps", default=20, show_default=True, type=int, metavar="K", help="Sampler steps (network evaluations per image, x2 with guidance).")
 @click.option("--guidance", default=2.0, show_default=True, type=float, metavar="G", help="Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.")
 @click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM noise scale (ddim only): 0 deterministic, 1 ancestral.")
@@ -224,9 +224,13 @@ def status(job_url, as_json):
     click.echo(json.dumps(report.to_dict()) if as_json else report.text())
 
 
-from pipeline.cli_storage import storage  # noqa: E402  (a command group of its own module)
+from pipeline.cli_model import evaluate, explain, preview  # noqa: E402  (commands of their own modules)
+from pipeline.cli_storage import storage  # noqa: E402
+from training.train import main as train  # noqa: E402
 
-cli.add_command(storage)
+for command in (storage, evaluate, preview, explain):
+    cli.add_command(command)
+cli.add_command(train, name="train")
 
 
 def main() -> None:

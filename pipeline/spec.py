@@ -24,7 +24,7 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class SamplingConfig:
     class_name: str = "any"
-    sampler: str = "dpmpp-2m"  # quality per network evaluation: see BENCHMARKS.md
+    sampler: str = "ddpm"  # best quality per network evaluation with this model: BENCHMARKS.md
     steps: int = 20
     guidance: float = 2.0
     eta: float = 0.0
@@ -123,7 +123,7 @@ def build_spec(
     count,
     out: str = "./novarch-out",
     class_name: str = "any",
-    sampler: str = "dpmpp-2m",
+    sampler: str = "ddpm",
     steps: int = 20,
     guidance: float = 2.0,
     eta: float = 0.0,

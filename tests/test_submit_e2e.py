@@ -42,7 +42,7 @@ def test_every_image_once_with_matching_checksums(finished_job, model_dir):
         image = Image.open(io.BytesIO(data))
         assert image.size == (32, 32) and image.mode == "RGB" and (r["width"], r["height"]) == (32, 32)
         assert r["image_key"] == shard_format.image_key(r["shard"], r["id"])
-        assert r["shard"] == r["id"] // 10 and r["job_id"] == spec.job_id and r["sampler"] == "dpmpp-2m"
+        assert r["shard"] == r["id"] // 10 and r["job_id"] == spec.job_id and r["sampler"] == "ddpm"
     assert len({r["seed"] for r in rows}) == COUNT
 
 
@@ -129,3 +129,22 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
     plan = json.loads(proc.stdout)
     assert plan["shards"] == "64 of 79 images" and plan["calibrated_images_per_second"] > 0 and plan["estimated_minutes"] > 0
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_and_preview_a_small_job(finished_job, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    _, _, job_dir = finished_job
+    result = CliRunner().invoke(cli, ["evaluate", str(job_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["count"] == COUNT and metrics["requested_class"] == "any"
+    assert 0 <= metrics["purity"] <= 1 and set(metrics["balance"]) == {"building", "house"}
+    assert metrics["fd"] > 0 and metrics["fd_floor"] > 0 and len(metrics["nearest_train_l2"]) == 8
+    grid = tmp_path / "grid.png"
+    result = CliRunner().invoke(cli, ["preview", str(job_dir), "--out", str(grid), "--cols", "8"])
+    assert result.exit_code == 0, result.output
+    sheet = Image.open(grid)
+    assert sheet.width >= 8 * 32 and sheet.height >= 3 * 32  # 24 images in rows of 8

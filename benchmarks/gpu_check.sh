@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU check, one go, within 5 minutes on a CUDA machine: the bare sampler at the default and at a
+# 5-step setting, the sampler quality table (1,000 images per setting, DDPM-1000 reference), and
+# the end-to-end job through Ray when Ray and the project are installed there.
+#   bash benchmarks/gpu_check.sh            results in $OUT (or benchmarks/results/gpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${OUT:-benchmarks/results/gpu}
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+$PY -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+echo "== bare sampler: dpmpp-2m, 20 steps, guidance 2 (the submit default), batch 1024"
+$PY -m benchmarks.bare_sampler --count 32768 --steps 20 --guidance 2 --batch-size 1024 | tee "$RESULTS/bare_default.json"
+echo "== bare sampler: dpmpp-2m, 5 steps, guidance 1, batch 1024"
+$PY -m benchmarks.bare_sampler --count 32768 --steps 5 --guidance 1 --batch-size 1024 | tee "$RESULTS/bare_5steps.json"
+echo "== sampler quality: 500 buildings + 500 houses per setting"
+$PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --out "$RESULTS/quality.json"
+if $PY -c "import ray, boto3" 2>/dev/null && command -v novarch-batch >/dev/null; then
+  echo "== end to end: 20,000 images through Ray into a local folder"
+  novarch-batch submit --count 20000 --batch-size 1024 --out "$RESULTS/e2e" --json | tee "$RESULTS/e2e.json"
+else
+  echo "== end to end skipped: Ray and the installed project are not on this machine (pip install -e . first)"
+fi

@@ -1,0 +1,87 @@
+"""Model commands: `evaluate`, `preview` and `explain` (the maths lives in training/)."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import click
+import numpy as np
+
+
+def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """uint8 (N, 32, 32, 3) images of a job (all, or the first `limit` by id), their requested class, job.json."""
+    from PIL import Image
+
+    from pipeline.reader import JobView
+
+    view = JobView.open(url)
+    images, labels = [], []
+    for row in view.rows(["id", "image_key", "class_label", "image"]):
+        images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
+        labels.append(row["class_label"])
+        if limit and len(images) >= limit:
+            break
+    if not images:
+        raise click.ClickException(f"{url}: no committed shards yet; wait for the job or re-run it")
+    return np.stack(images), labels, view.job
+
+
+def _runtime_error(e: Exception) -> None:
+    click.echo(f"novarch-batch: error: {e}", err=True)
+    sys.exit(1)
+
+
+@click.command()
+@click.argument("job_url")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def evaluate(job_url, as_json):
+    """Judge a job's images: purity, class accuracy or balance, Fréchet distance, memorisation."""
+    from pipeline.storage import StorageError
+    from training.evaluate import evaluate_images, format_report
+
+    try:
+        images, _, job = job_images(job_url)
+    except StorageError as e:
+        _runtime_error(e)
+    metrics = evaluate_images(images, job["spec"]["sampling"]["class_name"])
+    click.echo(json.dumps(metrics) if as_json else format_report(metrics))
+
+
+@click.command()
+@click.argument("job_url")
+@click.option("--out", "out_png", default="grid.png", show_default=True, help="PNG file to write.")
+@click.option("--count", default=128, show_default=True, help="Images on the sheet (the first ids).")
+@click.option("--cols", default=16, show_default=True)
+def preview(job_url, out_png, count, cols):
+    """A contact sheet of a job's images, labelled with the requested class when it was conditional."""
+    from pipeline.storage import StorageError
+    from training.preview import render_grid
+
+    try:
+        images, labels, job = job_images(job_url, count)
+    except StorageError as e:
+        _runtime_error(e)
+    conditional = job["spec"]["sampling"]["class_name"] != "any"
+    path = render_grid(images, labels if conditional else None, out_png, cols=cols)
+    click.echo(f"wrote {path} ({len(images)} images)")
+
+
+@click.command()
+@click.option("--out", "out_png", default="explain.png", show_default=True, help="PNG file to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", default=None, metavar="PATH", help="Model folder (default: the shipped NovArch-tiny).")
+def explain(out_png, seed, model):
+    """Forward diffusion of a real image into noise, and reverse diffusion from noise to a building and a house."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    from training.explain import render_explain
+    from workers.model import default_model_dir, load_unet
+
+    folder = Path(model) if model else default_model_dir()
+    unet = load_unet(folder, torch.device("cpu"))
+    scheduler = DDPMScheduler.from_pretrained(str(folder))
+    click.echo(f"wrote {render_explain(unet, scheduler, out_png, seed=seed)}")
