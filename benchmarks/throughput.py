@@ -42,10 +42,13 @@ def settings_flags(count, sampler, steps, guidance, batch_size) -> list[str]:
 @click.option("--steps", default=5, show_default=True)
 @click.option("--guidance", default=1.0, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--recipe-scheduler", default=None, help="The recipe's diffusers scheduler (default: the same as --sampler).")
+@click.option("--recipe-steps", default=None, type=int, help="The recipe's steps (default: --steps); e.g. ddim 50 for quality-matched runs.")
+@click.option("--bare/--no-bare", default=True, show_default=True)
 @click.option("--runs", default=3, show_default=True)
 @click.option("--s3/--no-s3", default=True, show_default=True, help="Also measure into the embedded SeaweedFS.")
 @click.option("--out", default="benchmarks/results/throughput.json", show_default=True)
-def main(count, sampler, steps, guidance, batch_size, runs, s3, out):
+def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_steps, bare, runs, s3, out):
     env = {**os.environ, "RAY_ADDRESS": ""}
     work = Path(tempfile.mkdtemp(prefix="nvbench-"))
     server = None
@@ -59,8 +62,9 @@ def main(count, sampler, steps, guidance, batch_size, runs, s3, out):
     samples: dict[str, list[dict]] = {}
     try:
         for run in range(runs):
-            _, bare = timed([PY, "-m", "benchmarks.bare_sampler", *common, "--sampler", sampler, "--threads", str(threads)], env)
-            samples.setdefault("bare", []).append({"ips": bare["images_per_second"]})
+            if bare:
+                _, result = timed([PY, "-m", "benchmarks.bare_sampler", *common, "--sampler", sampler, "--threads", str(threads)], env)
+                samples.setdefault("bare", []).append({"ips": result["images_per_second"]})
             targets = [("local", str(work / f"ours-{run}"))] + ([("s3", f"s3://{server.bucket}/ours-{run}")] if server else [])
             for name, dest in targets:
                 wall, report = timed([CLI, "submit", *common, "--class", "building", "--sampler", sampler, "--out", dest, "--json"], env)
@@ -68,16 +72,19 @@ def main(count, sampler, steps, guidance, batch_size, runs, s3, out):
                 samples.setdefault(f"ours_{name}", []).append({"wall_ips": count / wall, "steady_ips": steady, "wall": wall})
             recipe_targets = [("local", str(work / f"recipe-{run}"))] + ([("s3", f"s3://{server.bucket}/recipe-{run}")] if server else [])
             for name, dest in recipe_targets:
-                wall, result = timed([PY, "-m", "benchmarks.recipe_ray_data", *common, "--scheduler", sampler, "--threads", str(threads), "--out", dest], env)
+                recipe = settings_flags(count, sampler, recipe_steps or steps, guidance, batch_size)
+                wall, result = timed([PY, "-m", "benchmarks.recipe_ray_data", *recipe, "--scheduler", recipe_scheduler or sampler,
+                                      "--threads", str(threads), "--out", dest], env)
                 samples.setdefault(f"recipe_{name}", []).append({"wall_ips": count / wall, "after_ray_ips": count / result["seconds_after_ray_up"], "wall": wall})
             print(f"run {run + 1}/{runs} done", flush=True)
     finally:
         if server:
             server.stop()
     med = {k: {m: median([s[m] for s in v]) for m in v[0]} for k, v in samples.items()}
-    bare_ips = med["bare"]["ips"]
+    bare_ips = med["bare"]["ips"] if bare else float("nan")
     summary = {"bare_ips": bare_ips}
-    print(f"\nmachine: {machine()['cpu']}, {threads} threads; {count} images, {sampler}, {steps} steps, guidance {guidance}, batch {batch_size}; medians of {runs}")
+    print(f"\nmachine: {machine()['cpu']}, {threads} threads; {count} images, {sampler}, {steps} steps, guidance {guidance}, batch {batch_size}; "
+          f"recipe: {recipe_scheduler or sampler}, {recipe_steps or steps} steps; medians of {runs}")
     print(f"{'variant':14} {'wall img/s':>11} {'steady img/s':>13} {'wall eff.':>9} {'steady eff.':>11}")
     print(f"{'bare sampler':14} {bare_ips:11.1f} {'':>13} {'1.00':>9}")
     for key in [k for k in med if k != "bare"]:
@@ -91,7 +98,8 @@ def main(count, sampler, steps, guidance, batch_size, runs, s3, out):
             summary[f"speedup_{name}"] = speedup
             print(f"speed-up over the recipe ({name}): {speedup:.2f}")
     save({"machine": machine(), "settings": {"count": count, "sampler": sampler, "steps": steps, "guidance": guidance,
-          "batch_size": batch_size, "runs": runs, "threads": threads}, "samples": samples, "summary": summary}, out)
+          "batch_size": batch_size, "runs": runs, "threads": threads, "recipe_scheduler": recipe_scheduler or sampler,
+          "recipe_steps": recipe_steps or steps}, "samples": samples, "summary": summary}, out)
 
 
 if __name__ == "__main__":
