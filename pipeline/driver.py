@@ -115,7 +115,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         progress.advance(result.images)
 
     scheduler = ShardScheduler(
-        make_actor=lambda: actor_cls.remote(spec.model, plan.device, plan.threads or None),
+        make_actor=lambda: actor_cls.remote(spec.model, plan.device, plan.threads or None, model_sha256=spec.model_sha256),
         workers=workers,
         make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
         on_done=on_done,

@@ -118,6 +118,25 @@ def validate_out(out: str) -> str:
     return out
 
 
+def resolve_model(model: str | None) -> tuple[str, Path]:
+    """(what actors are given, a local folder to read now): an s3:// model is fetched into this
+    node's cache here, and again (once per node, sha256-checked) by the actors."""
+    from workers.model import default_model_dir
+
+    if not model:
+        return str(default_model_dir()), default_model_dir()
+    if model.startswith("s3://"):
+        from pipeline.storage import StorageError
+        from workers.model_cache import fetch_model_folder
+
+        try:
+            return model, fetch_model_folder(model)
+        except StorageError as e:
+            raise SpecError(f"--model {model}: {e}") from None
+    local = Path(model.removeprefix("file://")).expanduser().absolute()
+    return str(local), local
+
+
 def build_spec(
     *,
     count,
@@ -138,7 +157,7 @@ def build_spec(
     embed_images: bool = False,
 ) -> JobSpec:
     """Validate raw flag values into a JobSpec; raises SpecError naming the fix."""
-    from workers.model import ModelError, ModelInfo, default_model_dir
+    from workers.model import ModelError, ModelInfo
 
     count = parse_count(count)
     if class_name not in CLASSES:
@@ -165,7 +184,7 @@ def build_spec(
     if device not in ("auto", "cpu", "cuda"):
         raise SpecError(f"--device must be auto, cpu or cuda, got '{device}'")
     validate_out(out)
-    model_dir = Path(model).expanduser().absolute() if model else default_model_dir()
+    model_ref, model_dir = resolve_model(model)
     try:
         info = ModelInfo.read(model_dir)
     except ModelError as e:
@@ -173,7 +192,7 @@ def build_spec(
 
     spec = JobSpec(
         count=count,
-        model=str(model_dir),
+        model=model_ref,
         model_sha256=info.sha256,
         sampling=SamplingConfig(class_name, sampler, steps, float(guidance), float(eta), seed),
         output=OutputConfig(out, shard_size, embed_images),

@@ -123,3 +123,19 @@ def test_outage_beyond_the_retry_budget_fails_cleanly(s3_server, tmp_path):
     problems = [p for p in result.problems if "missing" not in p and "rows, expected" not in p]
     assert problems == [], problems  # incomplete, but nothing committed without its images
     assert not result.ok
+
+
+def test_model_from_s3_is_fetched_and_checked(ray_local, s3_server, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # this process's node cache; actors keep theirs
+    models = S3Storage.from_url(f"s3://{s3_server.bucket}/models-{time.time_ns()}/novarch-tiny")
+    for path in model_dir.iterdir():
+        models.put_bytes(path.name, path.read_bytes())
+    out = f"s3://{s3_server.bucket}/s3model-{time.time_ns()}"
+    spec = build_spec(count=8, out=out, steps=2, shard_size=8, workers=1, model=models.url)
+    assert spec.model == models.url and spec.model_sha256 == build_spec(count=8, steps=2).model_sha256
+    report = driver.run(spec)
+    assert report.complete and verify(f"{out}/{spec.job_id}", full=True).ok
+    from workers.model_cache import ModelIntegrityError, fetch_model_folder
+
+    with pytest.raises(ModelIntegrityError):  # what an actor does when its node's copy is not the spec's model
+        fetch_model_folder(models.url, expected_sha256="0" * 64)

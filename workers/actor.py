@@ -13,13 +13,12 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-
 import torch
 
 from workers import shard_format
 from workers.encode import encode_png, sha256_hex, to_uint8
 from workers.model import ModelInfo, load_unet, make_denoiser
+from workers.model_cache import fetch_model_folder
 from workers.samplers import SAMPLERS, Schedule
 from workers.schedules import alphas_cumprod_for, trailing_timesteps
 from workers.seeds import draw_noise, make_generators, sample_seed
@@ -64,14 +63,16 @@ def pick_device(device: str) -> torch.device:
 
 
 class SamplerActor:
-    def __init__(self, model_path: str, device: str = "auto", threads: int | None = None, upload_threads: int = 8):
+    def __init__(self, model_path: str, device: str = "auto", threads: int | None = None, upload_threads: int = 16,
+                 model_sha256: str | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
         # bf16 network on GPU halves memory traffic; the sampler maths stays float32 (workers.samplers).
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.info = ModelInfo.read(Path(model_path))
-        self.unet = load_unet(Path(model_path), self.device, dtype)
+        folder = fetch_model_folder(model_path, expected_sha256=model_sha256)  # s3:// once per node, then cached
+        self.info = ModelInfo.read(folder)
+        self.unet = load_unet(folder, self.device, dtype)
         self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config).to(self.device)
         self.clip_sample = bool(self.info.scheduler_config.get("clip_sample", True))
         self.pool = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="store")
