@@ -36,7 +36,7 @@ def cli() -> None:
 @click.option("--guidance", default=2.0, show_default=True, type=float, metavar="G", help="Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.")
 @click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM noise scale (ddim only): 0 deterministic, 1 ancestral.")
 @click.option("--seed", default=0, show_default=True, type=int, metavar="S", help="Base seed; image i uses a seed derived from (S, i) only.")
-@click.option("--shard-size", type=int, default=None, metavar="M", help="Images per shard (one Parquet file each). Default: count/64 clamped to 16..1000.")
+@click.option("--shard-size", type=int, default=None, metavar="M", help="Images per shard (one Parquet file each). Default: count/32 clamped to 64..1000.")
 @click.option("--batch-size", default=64, show_default=True, type=int, metavar="B", help="Micro-batch size inside an actor.")
 @click.option("--workers", type=int, default=None, metavar="W", help="Sampler actors. Default: one per GPU, or half the CPU cores.")
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
@@ -226,11 +226,18 @@ def status(job_url, as_json):
 
 from pipeline.cli_model import evaluate, explain, preview  # noqa: E402  (commands of their own modules)
 from pipeline.cli_storage import storage  # noqa: E402
-from training.train import main as train  # noqa: E402
 
 for command in (storage, evaluate, preview, explain):
     cli.add_command(command)
-cli.add_command(train, name="train")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def train(ctx):
+    """Train NovArch-tiny from scratch (`novarch-batch train --help` for its flags; MODEL.md)."""
+    from training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
+
+    train_main.main(args=ctx.args, prog_name="novarch-batch train")
 
 
 def main() -> None:

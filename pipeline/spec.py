@@ -79,9 +79,10 @@ class JobSpec:
 
 
 def auto_shard_size(count: int) -> int:
-    """About 64 shards for small jobs (work for every actor, cheap retries), 1,000 images for big ones
-    (Parquet files of a useful size), never under 16 images."""
-    return max(16, min(1000, math.ceil(count / 64)))
+    """About 32 shards for small jobs (work for every actor, cheap retries), 1,000 images for big ones
+    (Parquet files of a useful size), never under 64 images: one full default micro-batch, since a
+    32-image batch samples ~12% slower on a 2-core CPU (BENCHMARKS.md)."""
+    return max(64, min(1000, math.ceil(count / 32)))
 
 
 def parse_count(raw) -> int:

@@ -32,8 +32,8 @@ def test_missing_shards_are_the_complement(count, size, data):
 
 
 def test_auto_shard_size_rule():
-    assert auto_shard_size(1) == 16
-    assert auto_shard_size(256) == 16
-    assert auto_shard_size(6_400) == 100
+    assert auto_shard_size(1) == 64
+    assert auto_shard_size(256) == 64
+    assert auto_shard_size(6_400) == 200
     assert auto_shard_size(100_000) == 1000
     assert num_shards(100_000_000, auto_shard_size(100_000_000)) == 100_000

@@ -127,7 +127,7 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    assert plan["shards"] == "64 of 79 images" and plan["calibrated_images_per_second"] > 0 and plan["estimated_minutes"] > 0
+    assert plan["shards"] == "32 of 157 images" and plan["calibrated_images_per_second"] > 0 and plan["estimated_minutes"] > 0
     assert not (tmp_path / "o").exists()
 
 
