@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from pipeline.spec import JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60  # how long a freshly started head may take to accept jobs
 
 
 class ClusterError(RuntimeError):
@@ -82,14 +83,22 @@ def submit(address: str, spec: JobSpec, output_url: str) -> Submission:
     submission_id = f"{spec.job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     entrypoint = "python -m pipeline.cli submit " + shlex.join(submit_flags(spec))
     env_vars = {k: os.environ[k] for k in ("NOVARCH_S3_MAX_ATTEMPTS",) if k in os.environ}  # never credentials
-    jobs.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id,
-        runtime_env={"py_modules": project_modules(), "env_vars": env_vars},
-        metadata={"novarch_job_id": spec.job_id, "output": output_url},
-        entrypoint_num_cpus=0,  # the driver needs no CPU reservation: leave every core to the actors
-    )
-    return Submission(submission_id, spec.job_id, output_url)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            jobs.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env={"py_modules": project_modules(), "env_vars": env_vars},
+                metadata={"novarch_job_id": spec.job_id, "output": output_url},
+                entrypoint_num_cpus=0,  # the driver needs no CPU reservation: leave every core to the actors
+            )
+            return Submission(submission_id, spec.job_id, output_url)
+        except RuntimeError as e:
+            # A head that has just started answers before its job agent is up ("No available agent").
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise ClusterError(f"--cluster {address}: the cluster refused the job ({str(e).splitlines()[0][:200]})") from None
+            time.sleep(1.0)
 
 
 def follow(address: str, submission_id: str, echo, poll_s: float = 1.0) -> str:

@@ -54,9 +54,10 @@ def ray_head():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=10)
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
