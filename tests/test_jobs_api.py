@@ -37,7 +37,12 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-           "--include-dashboard=true", "--disable-usage-stats"]
+           "--include-dashboard=true", "--disable-usage-stats",
+           # The test session's own local Ray holds the default agent ports: a head sharing them has no
+           # job agent ("No available agent to submit job"), so every port is a free one.
+           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                                     "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
+                                                     "object-manager-port")]]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
 
