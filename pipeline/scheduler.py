@@ -99,10 +99,12 @@ class ShardScheduler:
 
     def _finished(self, ref) -> None:
         slot, shard = self.running.pop(ref)
+        actor_died = False
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_DIED as e:
             result = ShardResult(shard.index, False, error=f"actor died: {type(e).__name__}")
+            actor_died = True
             self._replace(slot)
         else:
             self.idle.append(slot)
@@ -121,5 +123,6 @@ class ShardScheduler:
         else:
             self.note(f"retrying {message}")
             self.retries += 1
-            self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
+            if not actor_died:  # a dead actor says nothing about the shard: retry at once on a live one
+                self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
             self.queue.appendleft(shard)
