@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/novarch-batch submit --count 256 --out ./novarch-out
+	@echo "  (the commands above need the project's environment: source $(VENV)/bin/activate)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
