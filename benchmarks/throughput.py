@@ -45,10 +45,12 @@ def settings_flags(count, sampler, steps, guidance, batch_size) -> list[str]:
 @click.option("--recipe-scheduler", default=None, help="The recipe's diffusers scheduler (default: the same as --sampler).")
 @click.option("--recipe-steps", default=None, type=int, help="The recipe's steps (default: --steps); e.g. ddim 50 for quality-matched runs.")
 @click.option("--bare/--no-bare", default=True, show_default=True)
+@click.option("--embed-images", is_flag=True, help="Run novarch-batch with --embed-images (one object per shard).")
+@click.option("--local/--no-local", default=True, show_default=True, help="Measure into a local folder.")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--s3/--no-s3", default=True, show_default=True, help="Also measure into the embedded SeaweedFS.")
 @click.option("--out", default="benchmarks/results/throughput.json", show_default=True)
-def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_steps, bare, runs, s3, out):
+def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_steps, bare, embed_images, local, runs, s3, out):
     env = {**os.environ, "RAY_ADDRESS": ""}
     work = Path(tempfile.mkdtemp(prefix="nvbench-"))
     server = None
@@ -65,12 +67,13 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
             if bare:
                 _, result = timed([PY, "-m", "benchmarks.bare_sampler", *common, "--sampler", sampler, "--threads", str(threads)], env)
                 samples.setdefault("bare", []).append({"ips": result["images_per_second"]})
-            targets = [("local", str(work / f"ours-{run}"))] + ([("s3", f"s3://{server.bucket}/ours-{run}")] if server else [])
+            targets = ([("local", str(work / f"ours-{run}"))] if local else []) + ([("s3", f"s3://{server.bucket}/ours-{run}")] if server else [])
+            embed = ["--embed-images"] if embed_images else []
             for name, dest in targets:
-                wall, report = timed([CLI, "submit", *common, "--class", "building", "--sampler", sampler, "--out", dest, "--json"], env)
+                wall, report = timed([CLI, "submit", *common, *embed, "--class", "building", "--sampler", sampler, "--out", dest, "--json"], env)
                 steady = report["images_sampled"] / (report["seconds"] - report["startup_seconds"])
                 samples.setdefault(f"ours_{name}", []).append({"wall_ips": count / wall, "steady_ips": steady, "wall": wall})
-            recipe_targets = [("local", str(work / f"recipe-{run}"))] + ([("s3", f"s3://{server.bucket}/recipe-{run}")] if server else [])
+            recipe_targets = ([("local", str(work / f"recipe-{run}"))] if local else []) + ([("s3", f"s3://{server.bucket}/recipe-{run}")] if server else [])
             for name, dest in recipe_targets:
                 recipe = settings_flags(count, sampler, recipe_steps or steps, guidance, batch_size)
                 wall, result = timed([PY, "-m", "benchmarks.recipe_ray_data", *recipe, "--scheduler", recipe_scheduler or sampler,
@@ -99,7 +102,7 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
             print(f"speed-up over the recipe ({name}): {speedup:.2f}")
     save({"machine": machine(), "settings": {"count": count, "sampler": sampler, "steps": steps, "guidance": guidance,
           "batch_size": batch_size, "runs": runs, "threads": threads, "recipe_scheduler": recipe_scheduler or sampler,
-          "recipe_steps": recipe_steps or steps}, "samples": samples, "summary": summary}, out)
+          "recipe_steps": recipe_steps or steps, "embed_images": embed_images}, "samples": samples, "summary": summary}, out)
 
 
 if __name__ == "__main__":
