@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -52,10 +51,3 @@ class JobView:
     def image_bytes(self, row: dict) -> bytes:
         return row["image"] if row.get("image") else self.storage.get_bytes(row["image_key"])
 
-
-def read_success(url: str) -> dict:
-    view = JobView.open(url)
-    success = view.success()
-    if success is None:
-        raise StorageError(f"{url}: no _SUCCESS; the job has not finished (see `novarch-batch status {url}`)")
-    return json.loads(json.dumps(success))
