@@ -40,8 +40,11 @@ class JobView:
     def committed(self) -> set[int]:
         return manifest.committed_shards(self.storage)
 
-    def shard_table(self, shard: int) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.storage.get_bytes(shard_format.shard_key(shard))))
+    def shard_bytes(self, shard: int) -> bytes:
+        return self.storage.get_bytes(shard_format.shard_key(shard))
+
+    def shard_table(self, shard: int, data: bytes | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(data if data is not None else self.shard_bytes(shard)))
 
     def rows(self, columns: list[str] | None = None):
         """Rows of every committed shard, one shard in memory at a time."""

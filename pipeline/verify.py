@@ -49,11 +49,12 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     to_check = []
     rng = random.Random(seed)
     for k in sorted(committed):
-        table = view.shard_table(k)
+        data = view.shard_bytes(k)  # one download: parsed and hashed
+        table = view.shard_table(k, data)
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)
         if version != shard_format.SCHEMA_VERSION.encode():
             report.problem(f"{shard_format.shard_key(k)}: schema version {version!r}, expected {shard_format.SCHEMA_VERSION}")
-        if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(view.storage.get_bytes(shard_format.shard_key(k))).hexdigest()):
+        if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
             report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
         for row in table.select(["id", "image_key", "sha256", "image"]).to_pylist():
             report.rows += 1
