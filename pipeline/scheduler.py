@@ -56,14 +56,28 @@ class ShardScheduler:
         self.replaced += 1
         self._start(slot)
 
+    def _next_shard(self, slot: int) -> Shard | None:
+        """The first due shard that has not failed on this slot, else the first due one.
+
+        Scans from the front and stops at the first fresh shard (due, and failed nowhere): only
+        the retries waiting at the front are passed over, never a 100,000-shard queue whole.
+        """
+        now, fallback = time.monotonic(), None
+        for s in self.queue:
+            if self.not_before.get(s.index, 0) > now:
+                continue
+            if slot not in self.failed_on.get(s.index, ()):
+                return s
+            fallback = fallback or s
+        return fallback
+
     def _dispatch(self) -> None:
         while self.idle:
-            now = time.monotonic()
-            ready = [s for s in self.queue if self.not_before.get(s.index, 0) <= now]
-            if not ready:
+            slot = self.idle[0]
+            pick = self._next_shard(slot)
+            if pick is None:
                 return
-            slot = self.idle.pop(0)
-            pick = next((s for s in ready if slot not in self.failed_on.get(s.index, ())), ready[0])
+            self.idle.pop(0)
             self.queue.remove(pick)
             self.attempts[pick.index] = self.attempts.get(pick.index, 0) + 1
             self.running[self.actors[slot].run_shard.remote(self.make_task(pick))] = (slot, pick)
