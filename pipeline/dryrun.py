@@ -13,12 +13,13 @@ CALIBRATION_IMAGES = 16  # one small micro-batch: a few seconds on a laptop CPU,
 
 def dry_run(spec: JobSpec) -> dict:
     """Measure this machine's sampling rate on one micro-batch and extrapolate to the job."""
+    from pipeline.cluster import default_cpu_workers
     from workers.actor import SamplerActor
     from workers.seeds import sample_seed
 
     gpus = torch.cuda.device_count() if spec.run.device != "cpu" else 0
     cpus = os.cpu_count() or 1
-    workers = spec.run.workers or (gpus or max(1, cpus // 2))
+    workers = spec.run.workers or gpus or default_cpu_workers(cpus)
     threads = max(1, cpus // workers) if not gpus else None
     actor = SamplerActor(spec.model, spec.run.device, threads)
     s = spec.sampling
