@@ -11,7 +11,7 @@ import time
 import click
 import torch
 
-from workers.actor import SamplerActor
+from workers.actor import ShardSampler
 from workers.model import default_model_dir
 from workers.seeds import sample_seed
 
@@ -27,7 +27,7 @@ from workers.seeds import sample_seed
 @click.option("--device", default="auto")
 def main(count, sampler, steps, guidance, class_name, batch_size, threads, device):
     torch.set_num_threads(threads)
-    actor = SamplerActor(str(default_model_dir()), device, threads)
+    actor = ShardSampler(str(default_model_dir()), device, threads)
     seeds = [sample_seed(0, i) for i in range(count)]
     actor.sample(seeds[:batch_size], class_name, sampler, steps, guidance)  # warm-up: kernels, allocator
     if actor.device.type == "cuda":

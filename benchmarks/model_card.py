@@ -12,7 +12,7 @@ from benchmarks.common import machine, save
 from pipeline.spec import SamplingConfig
 from training.evaluate import evaluate_images
 from training.judge import load_judge
-from workers.actor import SamplerActor
+from workers.actor import ShardSampler
 from workers.model import default_model_dir
 from workers.seeds import sample_seed
 
@@ -26,7 +26,7 @@ from workers.seeds import sample_seed
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="benchmarks/results/model_card.json", show_default=True)
 def main(count, sampler, steps, guidance, batch, device, out):
-    actor = SamplerActor(str(default_model_dir()), device, torch.get_num_threads())
+    actor = ShardSampler(str(default_model_dir()), device, torch.get_num_threads())
     judge = load_judge()
     results = {}
     for base, class_name in enumerate(("building", "house", "any")):

@@ -18,11 +18,11 @@ import torch
 from benchmarks.common import machine, save
 from training.evaluate import evaluate_images
 from training.judge import load_judge
-from workers.actor import SamplerActor
+from workers.actor import ShardSampler
 from workers.model import default_model_dir
 from workers.seeds import sample_seed
 
-def sample_class(actor: SamplerActor, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
+def sample_class(actor: ShardSampler, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
                  batch: int) -> np.ndarray:
     seeds = [sample_seed(base_seed, i) for i in range(n)]
     return np.concatenate([actor.sample(seeds[i:i + batch], class_name, sampler, steps, guidance) for i in range(0, n, batch)])
@@ -48,7 +48,7 @@ def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
 @click.option("--out", default="benchmarks/results/quality.json", show_default=True)
 def main(per_class, samplers, steps_list, reference_steps, guidance, threads, batch, device, out):
     torch.set_num_threads(threads)
-    actor = SamplerActor(str(default_model_dir()), device, threads)
+    actor = ShardSampler(str(default_model_dir()), device, threads)
     judge = load_judge()
     n = 2 * per_class
     settings = [(s, k) for s in samplers.split(",") for k in map(int, steps_list.split(","))]

@@ -38,7 +38,7 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, metavar="S", help="Base seed; image i uses a seed derived from (S, i) only.")
 @click.option("--shard-size", type=int, default=None, metavar="M", help="Images per shard (one Parquet file each). Default: count/32 clamped to 64..1000.")
 @click.option("--batch-size", default=64, show_default=True, type=int, metavar="B", help="Micro-batch size inside an actor.")
-@click.option("--workers", type=int, default=None, metavar="W", help="Sampler actors. Default: one per GPU, or half the CPU cores.")
+@click.option("--workers", type=int, default=None, metavar="W", help="Sampler actors. Default: one per GPU, or one single-thread actor per CPU core.")
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
 @click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")
 @click.option("--model", default=None, metavar="PATH", help="Diffusers-format model folder (safetensors). Default: the shipped NovArch-tiny.")
@@ -94,14 +94,15 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
         fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (set NOVARCH_DEBUG=1 for the traceback)", EXIT_RUNTIME)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
-        return
-    click.echo(
-        f"done: {report.count} images in {report.shards} shards at {report.url}\n"
-        f"  this run sampled {report.shards_sampled} shards ({report.images_sampled} images), skipped {report.shards_skipped} already committed; "
-        f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}\n"
-        f"  look: novarch-batch preview {report.url} --out grid.png\n"
-        f"  read: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.url}/shards').to_table().to_pandas().head())\""
-    )
+    else:
+        click.echo(
+            f"done: {report.count} images in {report.shards} shards at {report.url}\n"
+            f"  this run sampled {report.shards_sampled} shards ({report.images_sampled} images), skipped {report.shards_skipped} already committed; "
+            f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}\n"
+            f"  look: novarch-batch preview {report.url} --out grid.png\n"
+            f"  read: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.url}/shards').to_table().to_pandas().head())\""
+        )
+    driver.release()
 
 
 def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:

@@ -16,10 +16,11 @@ from pipeline import cluster, manifest
 from pipeline.lease import Lease
 from pipeline.plan import Shard, missing_shards
 from pipeline.progress import Progress
-from pipeline.scheduler import JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
+from pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
 from pipeline.spec import JobSpec
 from pipeline.storage import join, open_storage
-from workers.actor import FAULT_ENV, SamplerActor, ShardResult, ShardTask
+from workers.remote import SamplerActor
+from workers.tasks import FAULT_ENV, ShardResult, ShardTask
 
 FORWARDED_ENV = (FAULT_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
 
@@ -74,6 +75,13 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         return _run_job(spec, job, job_url, created_at, progress, started)
 
 
+def release() -> None:
+    """Stop the local Ray this process started (or leave a joined cluster) once the job is reported,
+    instead of in Ray's exit hook, which first waits another 0.5 s for late log lines."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
     committed = manifest.committed_shards(job)
     todo = missing_shards(spec.count, spec.output.shard_size, committed)
@@ -101,7 +109,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
     plan = cluster.plan_actors(spec.run.workers, spec.run.device)
     workers = min(plan.workers, len(todo))  # never more actors than shards left to sample
     report.actors = plan.describe()
-    options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0)
+    options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0, max_concurrency=IN_FLIGHT)
     forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}

@@ -14,14 +14,14 @@ CALIBRATION_IMAGES = 16  # one small micro-batch: a few seconds on a laptop CPU,
 def dry_run(spec: JobSpec) -> dict:
     """Measure this machine's sampling rate on one micro-batch and extrapolate to the job."""
     from pipeline.cluster import default_cpu_workers
-    from workers.actor import SamplerActor
+    from workers.actor import ShardSampler
     from workers.seeds import sample_seed
 
     gpus = torch.cuda.device_count() if spec.run.device != "cpu" else 0
     cpus = os.cpu_count() or 1
     workers = spec.run.workers or gpus or default_cpu_workers(cpus)
     threads = max(1, cpus // workers) if not gpus else None
-    actor = SamplerActor(spec.model, spec.run.device, threads)
+    actor = ShardSampler(spec.model, spec.run.device, threads)
     s = spec.sampling
     n = min(CALIBRATION_IMAGES, spec.run.batch_size, spec.count)
     seeds = [sample_seed(s.seed, i) for i in range(n)]
@@ -29,8 +29,8 @@ def dry_run(spec: JobSpec) -> dict:
     t0 = time.perf_counter()
     actor.sample(seeds, s.class_name, s.sampler, s.steps, s.guidance, s.eta)
     per_actor = n / (time.perf_counter() - t0)
-    # Actors share this machine's cores, so on a CPU the calibrated rate is the whole machine's.
-    rate = per_actor * (workers if gpus else 1)
+    # One actor per GPU, or per share of the cores: each runs at about the calibrated rate.
+    rate = per_actor * (workers if gpus else min(workers, cpus))
     return {
         "job_id": spec.job_id,
         "output": f"{spec.output.out.rstrip('/')}/{spec.job_id}",

@@ -1,8 +1,8 @@
 """Run shards on a pool of sampler actors: bounded retries, dead actors replaced.
 
-An actor slot is *starting* until its ``ping`` answers, then *idle* or *busy*. A replacement that
-cannot be placed yet (a lost node, an autoscaler still adding one) simply stays starting while the
-other actors take the work, so losing a node never deadlocks the job.
+An actor slot is *starting* until its ``ping`` answers, then *ready* for up to ``IN_FLIGHT`` shards.
+A replacement that cannot be placed yet (a lost node, an autoscaler still adding one) simply stays
+starting while the other actors take the work, so losing a node never deadlocks the job.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from typing import Callable
 import ray
 
 from pipeline.plan import Shard
-from workers.actor import ShardResult, ShardTask
+from workers.tasks import ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
+IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -30,8 +31,9 @@ class ShardScheduler:
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
         self.actors: list = []
         self.starting: dict[ray.ObjectRef, int] = {}  # ping ref -> slot
-        self.running: dict[ray.ObjectRef, tuple[int, Shard]] = {}  # run_shard ref -> (slot, shard)
-        self.idle: list[int] = []
+        self.running: dict[ray.ObjectRef, tuple[int, Shard, object]] = {}  # run_shard ref -> (slot, shard, actor)
+        self.ready: list[int] = []  # slots whose actor has loaded its model, in the order they became ready
+        self.in_flight: dict[int, int] = {}  # slot -> shards handed to it and not yet answered
         self.queue: deque[Shard] = deque()
         self.attempts: dict[int, int] = {}
         self.failed_on: dict[int, set[int]] = {}  # shard -> slots it failed on, so a retry goes elsewhere
@@ -53,6 +55,9 @@ class ShardScheduler:
 
     def _replace(self, slot: int) -> None:
         ray.kill(self.actors[slot], no_restart=True)
+        if slot in self.ready:
+            self.ready.remove(slot)
+        self.in_flight.pop(slot, None)
         self.replaced += 1
         self._start(slot)
 
@@ -72,15 +77,21 @@ class ShardScheduler:
         return fallback
 
     def _dispatch(self) -> None:
-        while self.idle:
-            slot = self.idle[0]
-            pick = self._next_shard(slot)
-            if pick is None:
-                return
-            self.idle.pop(0)
-            self.queue.remove(pick)
-            self.attempts[pick.index] = self.attempts.get(pick.index, 0) + 1
-            self.running[self.actors[slot].run_shard.remote(self.make_task(pick))] = (slot, pick)
+        """Fill idle actors first, then give each a second shard to start on as soon as its current one
+        is sampled; only while the queue outnumbers the actors, so no shard waits behind another
+        at the end of the job while an actor idles."""
+        for depth in range(1, IN_FLIGHT + 1):
+            for slot in self.ready:
+                if self.in_flight[slot] >= depth or (depth > 1 and len(self.queue) <= len(self.ready)):
+                    continue
+                pick = self._next_shard(slot)
+                if pick is None:
+                    return
+                self.queue.remove(pick)
+                self.attempts[pick.index] = self.attempts.get(pick.index, 0) + 1
+                self.in_flight[slot] += 1
+                actor = self.actors[slot]
+                self.running[actor.run_shard.remote(self.make_task(pick))] = (slot, pick, actor)
 
     def run(self, shards: list[Shard]) -> None:
         """Sample every shard or raise JobFailed; the actors are killed on the way out."""
@@ -106,22 +117,25 @@ class ShardScheduler:
         slot = self.starting.pop(ref)
         try:
             ray.get(ref)
-            self.idle.append(slot)
+            self.ready.append(slot)
+            self.in_flight[slot] = 0
             self.first_ready = self.first_ready or time.perf_counter()
         except ACTOR_DIED:
             self._replace(slot)  # died while loading (its node went away): try again elsewhere
 
     def _finished(self, ref) -> None:
-        slot, shard = self.running.pop(ref)
+        slot, shard, actor = self.running.pop(ref)
         actor_died = False
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_DIED as e:
             result = ShardResult(shard.index, False, error=f"actor died: {type(e).__name__}")
             actor_died = True
-            self._replace(slot)
+            if self.actors[slot] is actor:  # the first of its shards to report the death replaces it
+                self._replace(slot)
         else:
-            self.idle.append(slot)
+            if self.actors[slot] is actor:  # a late answer from a replaced actor frees nothing
+                self.in_flight[slot] -= 1
         if result.ok:
             if shard.index in self.failed_at:
                 self.recoveries.append(round(time.perf_counter() - self.failed_at.pop(shard.index), 2))

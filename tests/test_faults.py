@@ -15,7 +15,7 @@ from pipeline import driver
 from pipeline.spec import build_spec
 from pipeline.verify import verify
 from tests.procs import pids_with_title, sigkill, wait_for
-from workers.actor import FAULT_ENV
+from workers.tasks import FAULT_ENV
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 

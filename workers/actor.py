@@ -1,5 +1,6 @@
-"""The sampler actor: loads the model once, then samples, encodes, stores and commits whole shards.
+"""The sampler inside an actor: loads the model once, then samples, encodes, stores and commits whole shards.
 
+Ray runs it through ``workers.remote.SamplerActor``; benchmarks and the dry run use it in-process.
 Resources (GPUs, CPU threads, how many actors) are decided by the driver in ``pipeline/``; this
 class only uses what it is given. ``run_shard`` never raises across the pool: it returns a
 ShardResult whose ``error`` names what went wrong, and the driver decides about retries.
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
+
 import torch
 
 from workers import shard_format
@@ -22,38 +24,7 @@ from workers.model_cache import fetch_model_folder
 from workers.samplers import SAMPLERS, Schedule
 from workers.schedules import alphas_cumprod_for, trailing_timesteps
 from workers.seeds import draw_noise, make_generators, sample_seed
-
-FAULT_ENV = "NOVARCH_FAULT_FAIL_SHARDS"  # test-only fault hook: comma-separated shard indices that always fail
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    job_id: str
-    job_url: str  # storage root of the job folder
-    shard: int
-    start: int
-    stop: int
-    class_name: str
-    sampler: str
-    steps: int
-    guidance: float
-    eta: float
-    seed: int
-    batch_size: int
-    created_at: str  # the job's creation time (ISO 8601): every row gets it, so re-runs write identical bytes
-    embed_images: bool = False
-
-
-@dataclass
-class ShardResult:
-    shard: int
-    ok: bool
-    images: int = 0
-    seconds: float = 0.0
-    sample_seconds: float = 0.0
-    worker: str = ""
-    error: str | None = None
-    checksum: str = ""  # sha256 of the committed Parquet file
+from workers.tasks import FAULT_ENV, ShardResult, ShardTask
 
 
 def pick_device(device: str) -> torch.device:
@@ -62,7 +33,10 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class SamplerActor:
+class ShardSampler:
+    """Runs with two calls in flight (the driver's ``max_concurrency``): one shard samples while the
+    previous one waits for its uploads and commits, so the sampler never idles between shards."""
+
     def __init__(self, model_path: str, device: str = "auto", threads: int | None = None, upload_threads: int = 16,
                  model_sha256: str | None = None):
         if threads:
@@ -73,6 +47,10 @@ class SamplerActor:
         folder = fetch_model_folder(model_path, expected_sha256=model_sha256)  # s3:// once per node, then cached
         self.info = ModelInfo.read(folder)
         self.unet = load_unet(folder, self.device, dtype)
+        if self.device.type == "cpu":
+            # NHWC convolutions: 5-7% more images/s on one CPU thread, outputs within one level (BENCHMARKS.md).
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+        self._sampling = threading.Lock()  # one shard samples at a time; the other call only finishes up
         self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config).to(self.device)
         self.clip_sample = bool(self.info.scheduler_config.get("clip_sample", True))
         self.pool = ThreadPoolExecutor(max_workers=upload_threads, thread_name_prefix="store")
@@ -125,12 +103,13 @@ class SamplerActor:
         seeds = [sample_seed(task.seed, i) for i in ids]
         pending: list[Future] = []
         sample_seconds = 0.0
-        for lo in range(0, len(ids), task.batch_size):
-            t0 = time.perf_counter()
-            images = self.sample(seeds[lo : lo + task.batch_size], task.class_name, task.sampler, task.steps, task.guidance, task.eta)
-            sample_seconds += time.perf_counter() - t0
-            for j, image in enumerate(images):
-                pending.append(self.pool.submit(self._store_image, storage if not task.embed_images else None, task, ids[lo + j], image))
+        with self._sampling:
+            for lo in range(0, len(ids), task.batch_size):
+                t0 = time.perf_counter()
+                images = self.sample(seeds[lo : lo + task.batch_size], task.class_name, task.sampler, task.steps, task.guidance, task.eta)
+                sample_seconds += time.perf_counter() - t0
+                for j, image in enumerate(images):
+                    pending.append(self.pool.submit(self._store_image, storage if not task.embed_images else None, task, ids[lo + j], image))
         stored = [f.result() for f in pending]  # re-raises the first upload error: the shard is not committed
         height, width = stored[0][2][:2] if stored else (0, 0)
         created = datetime.fromisoformat(task.created_at)

@@ -1,4 +1,8 @@
-"""Load a NovArch model folder (diffusers format, safetensors only) and wrap it as a denoiser."""
+"""Load a NovArch model folder (diffusers format, safetensors only) and wrap it as a denoiser.
+
+torch is imported only by the functions that build or run the network: the driver reads a model's
+metadata (ModelInfo) without it, which keeps ~2 s and ~300 MB out of every job's driver.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +10,10 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 REQUIRED = ("config.json", WEIGHTS, "scheduler_config.json")
@@ -46,7 +52,7 @@ def check_model_dir(folder: Path) -> None:
     try:
         from safetensors import safe_open
 
-        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+        with safe_open(str(folder / WEIGHTS), framework="numpy") as f:  # the header only: no torch import
             f.keys()
     except Exception as e:  # safetensors raises several types for a damaged header
         raise ModelError(f"--model {folder}: {WEIGHTS} is not a valid safetensors file ({type(e).__name__}); re-export or re-download it") from None
@@ -84,10 +90,12 @@ class ModelInfo:
         )
 
 
-def load_unet(folder: Path, device: torch.device, dtype: torch.dtype = torch.float32):
-    """UNet2DModel from safetensors only (use_safetensors=True never falls back to a pickle)."""
+def load_unet(folder: Path, device: torch.device, dtype: torch.dtype | None = None):
+    """UNet2DModel from safetensors only (use_safetensors=True never falls back to a pickle); float32 by default."""
+    import torch
     from diffusers import UNet2DModel
 
+    dtype = dtype or torch.float32
     check_model_dir(folder)
     # low_cpu_mem_usage=False: a ~4 MB model loads instantly without the optional `accelerate` package.
     unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=False)
@@ -100,6 +108,8 @@ def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
     g = 1 is plain conditional sampling and g = 0 unconditional, each one network pass; rows whose
     label is the null label ("any") are unconditional whatever g is.
     """
+    import torch
+
     dtype = next(unet.parameters()).dtype
     nulls = torch.full_like(labels, null_label)
 

@@ -1,0 +1,39 @@
+"""What the driver and a sampler actor exchange: a shard to sample, and small stats back.
+
+Kept free of torch so the driver imports it without the sampler's dependencies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAULT_ENV = "NOVARCH_FAULT_FAIL_SHARDS"  # test-only fault hook: comma-separated shard indices that always fail
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    job_id: str
+    job_url: str  # storage root of the job folder
+    shard: int
+    start: int
+    stop: int
+    class_name: str
+    sampler: str
+    steps: int
+    guidance: float
+    eta: float
+    seed: int
+    batch_size: int
+    created_at: str  # the job's creation time (ISO 8601): every row gets it, so re-runs write identical bytes
+    embed_images: bool = False
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    ok: bool
+    images: int = 0
+    seconds: float = 0.0
+    sample_seconds: float = 0.0
+    worker: str = ""
+    error: str | None = None
+    checksum: str = ""  # sha256 of the committed Parquet file
