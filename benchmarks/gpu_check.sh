@@ -11,10 +11,10 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 $PY -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "== bare sampler: dpmpp-2m, 20 steps, guidance 2 (the submit default), batch 1024"
-$PY -m benchmarks.bare_sampler --count 32768 --steps 20 --guidance 2 --batch-size 1024 | tee "$RESULTS/bare_default.json"
-echo "== bare sampler: dpmpp-2m, 5 steps, guidance 1, batch 1024"
-$PY -m benchmarks.bare_sampler --count 32768 --steps 5 --guidance 1 --batch-size 1024 | tee "$RESULTS/bare_5steps.json"
+echo "== bare sampler: dpmpp-2m-sde, 10 steps, guidance 2 (the submit default), batch 1024"
+$PY -m benchmarks.bare_sampler --count 32768 --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size 1024 | tee "$RESULTS/bare_default.json"
+echo "== bare sampler: ddpm, 5 steps, guidance 1, batch 1024"
+$PY -m benchmarks.bare_sampler --count 32768 --sampler ddpm --steps 5 --guidance 1 --batch-size 1024 | tee "$RESULTS/bare_5steps.json"
 echo "== sampler quality: 500 buildings + 500 houses per setting"
 $PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --out "$RESULTS/quality.json"
 if $PY -c "import ray, boto3" 2>/dev/null && command -v novarch-batch >/dev/null; then

@@ -38,7 +38,7 @@ def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
 
 @click.command()
 @click.option("--per-class", default=100, show_default=True)
-@click.option("--samplers", default="ddpm,ddim,dpmpp-2m", show_default=True)
+@click.option("--samplers", default="ddpm,ddim,dpmpp-2m,dpmpp-2m-sde", show_default=True)
 @click.option("--steps", "steps_list", default="5,10,20,50", show_default=True)
 @click.option("--reference-steps", default=1000, show_default=True, help="DDPM reference; 0 skips it.")
 @click.option("--guidance", default=2.0, show_default=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 CLASSES = ("building", "house", "any")
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
 MAX_COUNT = 100_000_000  # ids are written as 9 digits and shards as 5: 10^8 fits both at 1,000 per shard
 MAX_SHARDS = 100_000
 MAX_STEPS = 1000  # the model's number of training timesteps
@@ -24,8 +24,8 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class SamplingConfig:
     class_name: str = "any"
-    sampler: str = "ddpm"  # best quality per network evaluation with this model: BENCHMARKS.md
-    steps: int = 20
+    sampler: str = "dpmpp-2m-sde"  # DDPM-20 quality in 10 steps with this model: BENCHMARKS.md
+    steps: int = 10
     guidance: float = 2.0
     eta: float = 0.0
     seed: int = 0
@@ -143,8 +143,8 @@ def build_spec(
     count,
     out: str = "./novarch-out",
     class_name: str = "any",
-    sampler: str = "ddpm",
-    steps: int = 20,
+    sampler: str = "dpmpp-2m-sde",
+    steps: int = 10,
     guidance: float = 2.0,
     eta: float = 0.0,
     seed: int = 0,

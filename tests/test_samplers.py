@@ -26,7 +26,7 @@ def diffusers_scheduler(name: str, config: dict):
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
     # thresholding with sample_max_value 1 clamps x0 to [-1, 1]: the clip_sample of our schedule
     return DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero",
+        config, algorithm_type="sde-dpmsolver++" if name == "dpmpp-2m-sde" else "dpmsolver++", solver_order=2, timestep_spacing="trailing", final_sigmas_type="zero",
         lower_order_final=True, thresholding=config["clip_sample"], sample_max_value=1.0,
     )
 
@@ -61,7 +61,7 @@ def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0):
     return x
 
 
-CASES = [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.7), ("dpmpp-2m", 0.0)]
+CASES = [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.7), ("dpmpp-2m", 0.0), ("dpmpp-2m-sde", 0.0)]
 
 
 @pytest.mark.parametrize("name,eta", CASES)

@@ -47,9 +47,6 @@ class ShardSampler:
         folder = fetch_model_folder(model_path, expected_sha256=model_sha256)  # s3:// once per node, then cached
         self.info = ModelInfo.read(folder)
         self.unet = load_unet(folder, self.device, dtype)
-        if self.device.type == "cpu":
-            # NHWC convolutions: 5-7% more images/s on one CPU thread, outputs within one level (BENCHMARKS.md).
-            self.unet = self.unet.to(memory_format=torch.channels_last)
         self._sampling = threading.Lock()  # one shard samples at a time; the other call only finishes up
         self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config).to(self.device)
         self.clip_sample = bool(self.info.scheduler_config.get("clip_sample", True))
