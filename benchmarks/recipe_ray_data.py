@@ -30,7 +30,8 @@ class DiffusersSampler:
         elif scheduler == "ddpm":
             self.scheduler = DDPMScheduler.from_pretrained(model_dir, timestep_spacing="trailing")
         else:
-            self.scheduler = DPMSolverMultistepScheduler.from_pretrained(model_dir, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing")
+            algorithm = "sde-dpmsolver++" if scheduler == "dpmpp-2m-sde" else "dpmsolver++"
+            self.scheduler = DPMSolverMultistepScheduler.from_pretrained(model_dir, algorithm_type=algorithm, solver_order=2, timestep_spacing="trailing")
         self.steps, self.guidance, self.label = steps, guidance, label
 
     def __call__(self, batch: dict) -> dict:
@@ -63,7 +64,7 @@ class DiffusersSampler:
 
 @click.command()
 @click.option("--count", default=2000)
-@click.option("--scheduler", type=click.Choice(["ddpm", "ddim", "dpmpp-2m"]), default="ddpm")
+@click.option("--scheduler", type=click.Choice(["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde"]), default="ddpm")
 @click.option("--steps", default=5)
 @click.option("--guidance", default=1.0)
 @click.option("--batch-size", default=64)
