@@ -25,9 +25,12 @@ from workers.seeds import sample_seed
 @click.option("--batch-size", default=64)
 @click.option("--threads", default=2)
 @click.option("--device", default="auto")
-def main(count, sampler, steps, guidance, class_name, batch_size, threads, device):
+@click.option("--contiguous", is_flag=True, help="NCHW network instead of the channels-last one CPU actors use.")
+def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous):
     torch.set_num_threads(threads)
     actor = ShardSampler(str(default_model_dir()), device, threads)
+    if contiguous:
+        actor.unet = actor.unet.to(memory_format=torch.contiguous_format)
     seeds = [sample_seed(0, i) for i in range(count)]
     actor.sample(seeds[:batch_size], class_name, sampler, steps, guidance)  # warm-up: kernels, allocator
     if actor.device.type == "cuda":
