@@ -42,7 +42,7 @@ def test_every_image_once_with_matching_checksums(finished_job, model_dir):
         image = Image.open(io.BytesIO(data))
         assert image.size == (32, 32) and image.mode == "RGB" and (r["width"], r["height"]) == (32, 32)
         assert r["image_key"] == shard_format.image_key(r["shard"], r["id"])
-        assert r["shard"] == r["id"] // 10 and r["job_id"] == spec.job_id and r["sampler"] == "ddpm"
+        assert r["shard"] == r["id"] // 10 and r["job_id"] == spec.job_id and r["sampler"] == "dpmpp-2m-sde"  # the default
     assert len({r["seed"] for r in rows}) == COUNT
 
 
