@@ -1,7 +1,7 @@
 """Load a NovArch model folder (diffusers format, safetensors only) and wrap it as a denoiser.
 
 torch is imported only by the functions that build or run the network: the driver reads a model's
-metadata (ModelInfo) without it, which keeps ~2 s and ~300 MB out of every job's driver.
+metadata (ModelInfo) without it, which keeps ~2 s and ~180 MB out of every job's driver.
 """
 from __future__ import annotations
 
