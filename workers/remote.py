@@ -1,8 +1,8 @@
 """The class the driver hands to Ray: a thin shell that builds the ShardSampler inside the actor.
 
 The driver imports only this module, so it never imports torch or diffusers itself: each job's
-driver starts about 2 s sooner, and its peak memory fell from 344 MB to 161 MB. Ray names actor processes after this
-class (``ray::SamplerActor.run_shard``).
+driver starts about 2 s sooner, and its peak memory fell from 344 MB to 161 MB. Ray names actor
+processes after this class (``ray::SamplerActor.run_shard``).
 """
 from __future__ import annotations
 
