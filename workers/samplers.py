@@ -72,13 +72,8 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
-    """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step.
-
-    With clip_sample the data prediction is clamped to [-1, 1] (diffusers' thresholding with
-    sample_max_value 1): at t = T-1 of a cosine schedule alpha_bar is ~2e-9, so an unclamped x0
-    from eps amplifies the network's error ~20,000 times and the first step never recovers.
-    """
+def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators, sde: bool, callback: Callback):
+    """DPM-Solver++(2M) in data prediction: the ODE update, or with ``sde`` the reverse-SDE one."""
     lam = lambda a: 0.5 * math.log(a / (1 - a))  # lambda_t = log(alpha_t / sigma_t)
     prev_x0, prev_h = None, None
     for i, (t, t_prev) in enumerate(schedule.pairs()):
@@ -89,14 +84,29 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, ge
         else:
             a_t = schedule.alpha_bar(t_prev)
             h = lam(a_t) - lam(a_s)
-            ratio, phi = math.sqrt((1 - a_t) / (1 - a_s)), math.sqrt(a_t) * math.expm1(-h)  # sigma_t/sigma_s, alpha_t(e^-h - 1)
             d = x0 if prev_x0 is None else x0 + (0.5 * h / prev_h) * (x0 - prev_x0)  # D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}
-            x = ratio * x - phi * d
+            ratio = math.sqrt((1 - a_t) / (1 - a_s))  # sigma_t / sigma_s
+            if sde:
+                fresh = -math.expm1(-2 * h)  # 1 - e^-2h: the share of the variance drawn anew
+                x = (ratio * math.exp(-h)) * x + (math.sqrt(a_t) * fresh) * d \
+                    + (math.sqrt(1 - a_t) * math.sqrt(fresh)) * draw_noise(generators, x.shape[1:], x.device)
+            else:
+                x = ratio * x - (math.sqrt(a_t) * math.expm1(-h)) * d  # alpha_t (e^-h - 1)
             prev_h = h
         prev_x0 = x0
         if callback:
             callback(i, x, x0)
     return x
+
+
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+    """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step.
+
+    With clip_sample the data prediction is clamped to [-1, 1] (diffusers' thresholding with
+    sample_max_value 1): at t = T-1 of a cosine schedule alpha_bar is ~2e-9, so an unclamped x0
+    from eps amplifies the network's error ~20,000 times and the first step never recovers.
+    """
+    return _dpmpp_2m(denoise, x, schedule, generators, False, callback)
 
 
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
@@ -107,26 +117,7 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *
     generator. Like DDPM, that fresh noise washes out the network's errors at low noise levels,
     and the second-order update reaches DDPM-20 quality in 10 steps with this model (BENCHMARKS.md).
     """
-    lam = lambda a: 0.5 * math.log(a / (1 - a))
-    prev_x0, prev_h = None, None
-    for i, (t, t_prev) in enumerate(schedule.pairs()):
-        a_s = schedule.alpha_bar(t)
-        x0 = predict_x0(x, denoise(x, t), a_s, schedule.clip_sample)
-        if t_prev < 0:
-            x = x0  # sigma = 0: the update keeps no noise and reduces to the data prediction
-        else:
-            a_t = schedule.alpha_bar(t_prev)
-            h = lam(a_t) - lam(a_s)
-            sigma_t, sigma_s = math.sqrt(1 - a_t), math.sqrt(1 - a_s)
-            fresh = -math.expm1(-2 * h)  # 1 - e^-2h: the share of the variance drawn anew
-            d = x0 if prev_x0 is None else x0 + (0.5 * h / prev_h) * (x0 - prev_x0)
-            x = (sigma_t / sigma_s * math.exp(-h)) * x + (math.sqrt(a_t) * fresh) * d \
-                + (sigma_t * math.sqrt(fresh)) * draw_noise(generators, x.shape[1:], x.device)
-            prev_h = h
-        prev_x0 = x0
-        if callback:
-            callback(i, x, x0)
-    return x
+    return _dpmpp_2m(denoise, x, schedule, generators, True, callback)
 
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp-2m": sample_dpmpp_2m, "dpmpp-2m-sde": sample_dpmpp_2m_sde}
