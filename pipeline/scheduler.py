@@ -32,8 +32,7 @@ class ShardScheduler:
         self.actors: list = []
         self.starting: dict[ray.ObjectRef, int] = {}  # ping ref -> slot
         self.running: dict[ray.ObjectRef, tuple[int, Shard, object]] = {}  # run_shard ref -> (slot, shard, actor)
-        self.ready: list[int] = []  # slots whose actor has loaded its model, in the order they became ready
-        self.in_flight: dict[int, int] = {}  # slot -> shards handed to it and not yet answered
+        self.in_flight: dict[int, int] = {}  # ready slot (model loaded) -> shards handed to it and not yet answered
         self.queue: deque[Shard] = deque()
         self.attempts: dict[int, int] = {}
         self.failed_on: dict[int, set[int]] = {}  # shard -> slots it failed on, so a retry goes elsewhere
@@ -55,8 +54,6 @@ class ShardScheduler:
 
     def _replace(self, slot: int) -> None:
         ray.kill(self.actors[slot], no_restart=True)
-        if slot in self.ready:
-            self.ready.remove(slot)
         self.in_flight.pop(slot, None)
         self.replaced += 1
         self._start(slot)
@@ -81,8 +78,8 @@ class ShardScheduler:
         is sampled; only while the queue outnumbers the actors, so no shard waits behind another
         at the end of the job while an actor idles."""
         for depth in range(1, IN_FLIGHT + 1):
-            for slot in self.ready:
-                if self.in_flight[slot] >= depth or (depth > 1 and len(self.queue) <= len(self.ready)):
+            for slot in list(self.in_flight):
+                if self.in_flight[slot] >= depth or (depth > 1 and len(self.queue) <= len(self.in_flight)):
                     continue
                 pick = self._next_shard(slot)
                 if pick is None:
@@ -117,7 +114,6 @@ class ShardScheduler:
         slot = self.starting.pop(ref)
         try:
             ray.get(ref)
-            self.ready.append(slot)
             self.in_flight[slot] = 0
             self.first_ready = self.first_ready or time.perf_counter()
         except ACTOR_DIED:
