@@ -11,9 +11,10 @@ import time
 import click
 import torch
 
-from workers.actor import ShardSampler
-from workers.model import default_model_dir
-from workers.seeds import sample_seed
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.model import default_model_dir
+from novarch_batch.workers.seeds import sample_seed
+from novarch_batch.workers.spec import SamplingConfig
 
 
 @click.command()
@@ -28,18 +29,19 @@ from workers.seeds import sample_seed
 @click.option("--contiguous", is_flag=True, help="NCHW network instead of the channels-last one CPU actors use.")
 def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous):
     torch.set_num_threads(threads)
-    actor = ShardSampler(str(default_model_dir()), device, threads)
+    generator = ImageGenerator(default_model_dir(), device)
     if contiguous:
-        actor.unet = actor.unet.to(memory_format=torch.contiguous_format)
+        generator.unet = generator.unet.to(memory_format=torch.contiguous_format)
+    sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance)
     seeds = [sample_seed(0, i) for i in range(count)]
-    actor.sample(seeds[:batch_size], class_name, sampler, steps, guidance)  # warm-up: kernels, allocator
-    if actor.device.type == "cuda":
+    generator.images(seeds[:batch_size], sampling)  # warm-up: kernels, allocator
+    if generator.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for lo in range(0, count, batch_size):
-        actor.sample(seeds[lo:lo + batch_size], class_name, sampler, steps, guidance)
+        generator.images(seeds[lo:lo + batch_size], sampling)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(actor.device)}))
+    print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(generator.device)}))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ import click
 import numpy as np
 
 from benchmarks.common import machine, save
-from pipeline.s3 import S3Storage
-from pipeline.seaweed import EmbeddedS3
-from training.dataset import make_images
-from workers import shard_format
-from workers.encode import encode_png, sha256_hex
+from novarch_batch.storage.s3 import S3Storage
+from novarch_batch.pipeline.seaweed import EmbeddedS3
+from novarch_batch.training.dataset import make_images
+from novarch_batch.workers import shard_format
+from novarch_batch.workers.encode import encode_png, sha256_hex
 
 
 def per_second(n: int, fn) -> float:

@@ -74,7 +74,7 @@ def main(count, scheduler, steps, guidance, batch_size, threads, out):
     started = time.perf_counter()
     import ray
 
-    from workers.model import default_model_dir
+    from novarch_batch.workers.model import default_model_dir
 
     ray.init(include_dashboard=False, log_to_driver=False)
     ray_up = time.perf_counter()
@@ -82,7 +82,7 @@ def main(count, scheduler, steps, guidance, batch_size, threads, out):
     filesystem = None
     path = out
     if out.startswith("s3://"):
-        from pipeline.s3 import pyarrow_filesystem
+        from novarch_batch.storage.s3 import pyarrow_filesystem
 
         filesystem, path = pyarrow_filesystem(), out.removeprefix("s3://")
     ds = ray.data.range(count).map_batches(

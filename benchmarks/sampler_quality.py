@@ -1,7 +1,7 @@
 """Quality against steps for every sampler, judged by the shipped classifier (BENCHMARKS.md).
 
 For each sampler and step count: N buildings and N houses at the given guidance, then the model
-card's metrics (training.evaluate): purity, conditional accuracy and the Fréchet distance in the
+card's metrics (novarch_batch.training.evaluate): purity, conditional accuracy and the Fréchet distance in the
 judge's features against real images of the class, as a ratio to the real-vs-real floor, and the
 sampling time per image. DDPM at 1,000 steps is the reference.
 
@@ -16,20 +16,22 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, save
-from training.evaluate import evaluate_images
-from training.judge import load_judge
-from workers.actor import ShardSampler
-from workers.model import default_model_dir
-from workers.seeds import sample_seed
+from novarch_batch.training.evaluate import evaluate_images
+from novarch_batch.training.judge import load_judge
+from novarch_batch.training.score_model import sample_images
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.model import default_model_dir
+from novarch_batch.workers.spec import SamplingConfig
 
-def sample_class(actor: ShardSampler, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
+
+def sample_class(generator: ImageGenerator, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
                  batch: int) -> np.ndarray:
-    seeds = [sample_seed(base_seed, i) for i in range(n)]
-    return np.concatenate([actor.sample(seeds[i:i + batch], class_name, sampler, steps, guidance) for i in range(0, n, batch)])
+    sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, seed=base_seed)
+    return sample_images(generator, sampling, n, batch)
 
 
 def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
-    """The model card's metrics (training.evaluate) per class; FD against real images of that class."""
+    """The model card's metrics (novarch_batch.training.evaluate) per class; FD against real images of that class."""
     b, h = evaluate_images(buildings, "building", judge), evaluate_images(houses, "house", judge)
     return {"purity": (b["purity"] + h["purity"]) / 2, "accuracy": {"building": b["conditional_accuracy"], "house": h["conditional_accuracy"]},
             "fd": {"building": b["fd"], "house": h["fd"]}, "fd_floor": {"building": b["fd_floor"], "house": h["fd_floor"]},
@@ -48,7 +50,7 @@ def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
 @click.option("--out", default="benchmarks/results/quality.json", show_default=True)
 def main(per_class, samplers, steps_list, reference_steps, guidance, threads, batch, device, out):
     torch.set_num_threads(threads)
-    actor = ShardSampler(str(default_model_dir()), device, threads)
+    actor = ImageGenerator(default_model_dir(), device)
     judge = load_judge()
     n = 2 * per_class
     settings = [(s, k) for s in samplers.split(",") for k in map(int, steps_list.split(","))]

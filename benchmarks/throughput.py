@@ -55,14 +55,14 @@ def bare_per_core(count: int, sampler: str, steps: int, guidance: float, batch_s
 
 
 def judge_outputs(ours_root: Path, recipe_root: Path, class_name: str) -> dict:
-    """The judge's purity and FD / floor (training.evaluate) for both outputs of the same run."""
+    """The judge's purity and FD / floor (novarch_batch.training.evaluate) for both outputs of the same run."""
     import io
 
     import numpy as np
     import pyarrow.dataset as ds
     from PIL import Image
 
-    from training.evaluate import evaluate_images
+    from novarch_batch.training.evaluate import evaluate_images
 
     decode = lambda data: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     ours = np.stack([decode(p.read_bytes()) for p in sorted(ours_root.glob("*/images/*/*.png"))])
@@ -91,7 +91,7 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
     work = Path(tempfile.mkdtemp(prefix="nvbench-"))
     server = None
     if s3:
-        from pipeline.seaweed import EmbeddedS3
+        from novarch_batch.pipeline.seaweed import EmbeddedS3
 
         server = EmbeddedS3(work / "s3").start()
         env.update(server.env())

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from pipeline.spec import CLASSES, SAMPLERS, SpecError, build_spec
+from novarch_batch.pipeline.cli_options import spec_fields, spec_options
+from novarch_batch.pipeline.spec import SpecError, build_spec
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
@@ -29,57 +30,46 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--count", required=True, metavar="N", help="Number of images to generate (1 to 100,000,000).")
-@click.option("--out", default="./novarch-out", show_default=True, metavar="PATH|URL", help="Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in <out>/<job_id>/.")
-@click.option("--class", "class_name", default="any", show_default=True, type=click.Choice(CLASSES), help="Requested class; 'any' samples unconditionally, so each image drifts to the kind it finds.")
-@click.option("--sampler", default="dpmpp-2m-sde", show_default=True, type=click.Choice(SAMPLERS), help="Reverse sampler; dpmpp-2m-sde gives this model DDPM-20 quality in 10 steps (BENCHMARKS.md).")
-@click.option("--steps", default=10, show_default=True, type=int, metavar="K", help="Sampler steps (network evaluations per image, x2 with guidance).")
-@click.option("--guidance", default=2.0, show_default=True, type=float, metavar="G", help="Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.")
-@click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM noise scale (ddim only): 0 deterministic, 1 ancestral.")
-@click.option("--seed", default=0, show_default=True, type=int, metavar="S", help="Base seed; image i uses a seed derived from (S, i) only.")
-@click.option("--shard-size", type=int, default=None, metavar="M", help="Images per shard (one Parquet file each). Default: count/32 clamped to 64..1000.")
-@click.option("--batch-size", default=64, show_default=True, type=int, metavar="B", help="Micro-batch size inside an actor.")
-@click.option("--workers", type=int, default=None, metavar="W", help="Sampler actors. Default: one per GPU, or one single-thread actor per CPU core.")
+@spec_options
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
-@click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")
-@click.option("--model", default=None, metavar="PATH", help="Diffusers-format model folder (safetensors). Default: the shipped NovArch-tiny.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Where actors run the network.")
-@click.option("--embed-images", is_flag=True, help="Store PNG bytes in the Parquet rows (one object per shard) instead of one file per image.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and a time estimate from a short calibration; write nothing.")
+@click.option("--model", default=None, metavar="PATH|URL", help="Diffusers-format model folder (safetensors), or s3://… to one. Default: the shipped NovArch-tiny.")
+@click.option("--dry-run", is_flag=True, help="Print the job's shape and a time estimate from a short calibration; write nothing.")
 @click.option("--cluster", default=None, metavar="URL", help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
-def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_size, batch_size, workers, job_id, ray_address, model, device, embed_images, dry_run, cluster, wait, as_json):
+def submit(count, job_id, model, dry_run, cluster, wait, as_json, **options):
     """Generate COUNT images into OUT as Parquet shards + PNG files.
 
     Running the same command again resumes the job: committed shards are skipped.
     """
-    from pipeline.storage import StorageError
 
     try:
-        spec = build_spec(
-            count=count, out=out, class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-            seed=seed, shard_size=shard_size, batch_size=batch_size, workers=workers, job_id=job_id,
-            ray_address=ray_address, model=model, device=device, embed_images=embed_images,
-        )
+        spec = build_spec(count=count, model=model, job_id=job_id, **spec_fields(options))
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
     if dry_run:
-        from pipeline.dryrun import dry_run as plan_only
+        from novarch_batch.pipeline.estimate import estimate
 
-        plan = plan_only(spec)
-        click.echo(json.dumps(plan) if as_json else "\n".join(f"{k}: {v}" for k, v in plan.items()))
+        shape = estimate(spec)
+        click.echo(json.dumps(shape) if as_json else "\n".join(f"{k}: {v}" for k, v in shape.items()))
         return
     if cluster:
         submit_to_cluster(cluster, spec, wait, as_json)
         return
     if wait:
         fail("--wait only applies with --cluster URL", EXIT_USAGE)
-    from pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
-    from pipeline.lease import JobBusy
-    from pipeline.progress import Progress
+    run_job(spec, as_json)
+
+
+def run_job(spec, as_json: bool) -> None:
+    """Run a validated spec on this machine's Ray (or --ray-address) and print its report."""
+    from novarch_batch.pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
+    from novarch_batch.pipeline.lease import JobBusy
+    from novarch_batch.pipeline.progress import Progress
+    from novarch_batch.storage import StorageError
 
     progress = Progress()
-    progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {out.rstrip('/')}/{spec.job_id}")
+    progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
     try:
         report = driver.run(spec, progress)
     except SpecError as e:
@@ -105,9 +95,28 @@ def submit(count, out, class_name, sampler, steps, guidance, eta, seed, shard_si
     driver.release()
 
 
+@cli.command("run-spec", hidden=True)
+@click.argument("spec_json")
+def run_spec(spec_json):
+    """Run the JobSpec given as JSON: what `submit --cluster` starts on the cluster's head, so
+    the job there is the very spec validated on the laptop (never flags parsed twice)."""
+    from novarch_batch.workers.spec import JobSpec
+
+    try:
+        spec = JobSpec.from_dict(json.loads(spec_json))
+    except (ValueError, TypeError) as e:
+        fail(f"run-spec: not a JobSpec ({e}); submit jobs with `novarch-batch submit --cluster URL`", EXIT_USAGE)
+    run_job(spec, as_json=True)
+
+
 def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
-    from pipeline import jobs
-    from pipeline.storage import join
+    from novarch_batch.pipeline import jobs
+    from novarch_batch.storage import join
+    from novarch_batch.workers.spec import SHIPPED_MODEL
+
+    if spec.model != SHIPPED_MODEL and not spec.model.startswith("s3://"):
+        fail(f"--model {spec.model}: a local folder does not reach the cluster; upload it "
+             f"(aws s3 cp --recursive {spec.model} s3://BUCKET/models/NAME) and pass --model s3://BUCKET/models/NAME", EXIT_USAGE)
 
     output_url = join(jobs.absolute_out(spec.output.out), spec.job_id)
     try:
@@ -134,7 +143,7 @@ cluster_option = click.option("--cluster", required=True, metavar="URL", help="R
 
 
 def _jobs_client(address: str):
-    from pipeline import jobs
+    from novarch_batch.pipeline import jobs
 
     try:
         return jobs.client(address)
@@ -166,7 +175,7 @@ def jobs_status(submission_id, cluster):
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def jobs_logs(submission_id, cluster, follow):
     """The job driver's log."""
-    from pipeline import jobs
+    from novarch_batch.pipeline import jobs
 
     if follow:
         status = jobs.follow(cluster, submission_id, click.echo)
@@ -192,8 +201,8 @@ def verify(job_url, full, as_json):
 
     JOB_URL is the job folder, <out>/<job_id>. Exits 1 and lists the problems if any.
     """
-    from pipeline.storage import StorageError
-    from pipeline.verify import verify as run_verify
+    from novarch_batch.storage import StorageError
+    from novarch_batch.pipeline.verify import verify as run_verify
 
     try:
         report = run_verify(job_url, full=full)
@@ -215,8 +224,8 @@ def verify(job_url, full, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def status(job_url, as_json):
     """Shards committed of planned, images, complete or not (also for a running or interrupted job)."""
-    from pipeline.status import status as run_status
-    from pipeline.storage import StorageError
+    from novarch_batch.pipeline.status import status as run_status
+    from novarch_batch.storage import StorageError
 
     try:
         report = run_status(job_url)
@@ -225,8 +234,8 @@ def status(job_url, as_json):
     click.echo(json.dumps(report.to_dict()) if as_json else report.text())
 
 
-from pipeline.cli_model import evaluate, explain, preview  # noqa: E402  (commands of their own modules)
-from pipeline.cli_storage import storage  # noqa: E402
+from novarch_batch.pipeline.cli_model import evaluate, explain, preview  # noqa: E402  (commands of their own modules)
+from novarch_batch.pipeline.cli_storage import storage  # noqa: E402
 
 for command in (storage, evaluate, preview, explain):
     cli.add_command(command)
@@ -236,7 +245,7 @@ for command in (storage, evaluate, preview, explain):
 @click.pass_context
 def train(ctx):
     """Train NovArch-tiny from scratch (`novarch-batch train --help` for its flags; MODEL.md)."""
-    from training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
+    from novarch_batch.training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
 
     train_main.main(args=ctx.args, prog_name="novarch-batch train")
 

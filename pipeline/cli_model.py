@@ -13,7 +13,7 @@ def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str
     """uint8 (N, 32, 32, 3) images of a job (all, or the first `limit` by id), their requested class, job.json."""
     from PIL import Image
 
-    from pipeline.reader import JobView
+    from novarch_batch.pipeline.reader import JobView
 
     view = JobView.open(url)
     images, labels = [], []
@@ -37,8 +37,8 @@ def _runtime_error(e: Exception) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(job_url, as_json):
     """Judge a job's images: purity, class accuracy or balance, Fréchet distance, memorisation."""
-    from pipeline.storage import StorageError
-    from training.evaluate import evaluate_images, format_report
+    from novarch_batch.storage import StorageError
+    from novarch_batch.training.evaluate import evaluate_images, format_report
 
     try:
         images, _, job = job_images(job_url)
@@ -55,8 +55,8 @@ def evaluate(job_url, as_json):
 @click.option("--cols", default=16, show_default=True)
 def preview(job_url, out_png, count, cols):
     """A contact sheet of a job's images, labelled with the requested class when it was conditional."""
-    from pipeline.storage import StorageError
-    from training.preview import render_grid
+    from novarch_batch.storage import StorageError
+    from novarch_batch.training.preview import render_grid
 
     try:
         images, labels, job = job_images(job_url, count)
@@ -73,15 +73,15 @@ def preview(job_url, out_png, count, cols):
 @click.option("--model", default=None, metavar="PATH", help="Model folder (default: the shipped NovArch-tiny).")
 def explain(out_png, seed, model):
     """Forward diffusion of a real image into noise, and reverse diffusion from noise to a building and a house."""
-    from pathlib import Path
+    from novarch_batch.storage import StorageError
+    from novarch_batch.training.explain import render_explain
+    from novarch_batch.workers.generate import ImageGenerator
+    from novarch_batch.workers.model import ModelError
+    from novarch_batch.workers.model_cache import fetch_model_folder
+    from novarch_batch.workers.spec import SHIPPED_MODEL
 
-    import torch
-    from diffusers import DDPMScheduler
-
-    from training.explain import render_explain
-    from workers.model import default_model_dir, load_unet
-
-    folder = Path(model) if model else default_model_dir()
-    unet = load_unet(folder, torch.device("cpu"))
-    scheduler = DDPMScheduler.from_pretrained(str(folder))
-    click.echo(f"wrote {render_explain(unet, scheduler, out_png, seed=seed)}")
+    try:
+        generator = ImageGenerator(fetch_model_folder(model or SHIPPED_MODEL), "cpu")
+    except (ModelError, StorageError) as e:
+        _runtime_error(e)
+    click.echo(f"wrote {render_explain(generator, out_png, seed=seed)}")

@@ -10,7 +10,7 @@ import threading
 
 import click
 
-from pipeline.seaweed import DEFAULT_BUCKET, EmbeddedS3, SeaweedError
+from novarch_batch.pipeline.seaweed import DEFAULT_BUCKET, EmbeddedS3, SeaweedError
 
 
 @click.group()

@@ -1,4 +1,4 @@
-"""Ray start-up and the actor plan: how many sampler actors, with which resources."""
+"""Ray start-up and the actors' resources: how many sampler actors, with which GPUs, CPUs and threads."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +9,10 @@ import ray
 
 
 @dataclass(frozen=True)
-class ActorPlan:
-    workers: int
+class ActorResources:
+    """How many sampler actors, and what each one asks Ray for."""
+
+    actors: int
     num_gpus: float
     num_cpus: float
     threads: int  # torch intra-op threads per actor
@@ -18,8 +20,8 @@ class ActorPlan:
 
     def describe(self) -> str:
         if self.num_gpus:
-            return f"{self.workers} GPU actor(s), one GPU each"
-        return f"{self.workers} CPU actor(s) x {self.threads} thread(s) (no GPU in the cluster)"
+            return f"{self.actors} GPU actor(s), one GPU each"
+        return f"{self.actors} CPU actor(s) x {self.threads} thread(s) (no GPU in the cluster)"
 
 
 def connect(address: str | None) -> None:
@@ -34,20 +36,21 @@ def connect(address: str | None) -> None:
         ray.init(num_cpus=os.cpu_count(), **kwargs)
 
 
-def default_cpu_workers(cpus: int) -> int:
+def default_cpu_actors(cpus: int) -> int:
     """One single-thread actor per core: a small CNN at 32x32 gains little from intra-op threads, and
     two 1-thread processes sample 16% faster than one 2-thread process on 2 cores (BENCHMARKS.md)."""
     return max(1, cpus)
 
 
-def plan_actors(workers: int, device: str) -> ActorPlan:
+def actor_resources(actors: int, device: str) -> ActorResources:
+    """`actors` = 0: one per GPU, else default_cpu_actors."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus and device != "cpu":
-        return ActorPlan(workers or gpus, 1, 1, 0, "cuda")
+        return ActorResources(actors or gpus, 1, 1, 0, "cuda")
     if device == "cuda":
         raise RuntimeError("--device cuda, but the Ray cluster has no GPU; use --device auto or cpu, or add GPU nodes")
-    workers = workers or default_cpu_workers(cpus)
-    threads = max(1, cpus // workers)
+    actors = actors or default_cpu_actors(cpus)
+    threads = max(1, cpus // actors)
     # Fractional CPUs when the user asks for more actors than cores: Ray would otherwise wait forever.
-    return ActorPlan(workers, 0, min(float(threads), cpus / workers), threads, "cpu")
+    return ActorResources(actors, 0, min(float(threads), cpus / actors), threads, "cpu")

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from pipeline import cluster, manifest
-from pipeline.lease import Lease
-from pipeline.plan import Shard, missing_shards
-from pipeline.progress import Progress
-from pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
-from pipeline.spec import JobSpec
-from pipeline.storage import join, open_storage
-from workers.remote import SamplerActor
-from workers.tasks import FAULT_ENV, ShardResult, ShardTask
+from novarch_batch.pipeline import cluster, manifest
+from novarch_batch.pipeline.lease import Lease
+from novarch_batch.pipeline.shards import Shard, missing_shards
+from novarch_batch.pipeline.progress import Progress
+from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
+from novarch_batch.workers.spec import JobSpec
+from novarch_batch.storage import join, open_storage
+from novarch_batch.workers.actor import ShardActor
+from novarch_batch.workers.tasks import FAULT_ENV, ShardResult, ShardTask
 
 FORWARDED_ENV = (FAULT_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
 
@@ -51,11 +51,9 @@ class JobReport:
 
 
 def shard_task(spec: JobSpec, job_url: str, shard: Shard, created_at: str) -> ShardTask:
-    s = spec.sampling
     return ShardTask(
         job_id=spec.job_id, job_url=job_url, shard=shard.index, start=shard.start, stop=shard.stop,
-        class_name=s.class_name, sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta, seed=s.seed,
-        batch_size=spec.run.batch_size, created_at=created_at, embed_images=spec.output.embed_images,
+        sampling=spec.sampling, batch_size=spec.run.batch_size, created_at=created_at, embed_images=spec.output.embed_images,
     )
 
 
@@ -106,14 +104,14 @@ def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
 
 def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started) -> None:
     cluster.connect(spec.run.ray_address)
-    plan = cluster.plan_actors(spec.run.workers, spec.run.device)
-    workers = min(plan.workers, len(todo))  # never more actors than shards left to sample
-    report.actors = plan.describe()
-    options = dict(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=0, max_concurrency=IN_FLIGHT)
+    resources = cluster.actor_resources(spec.run.actors, spec.run.device)
+    actors = min(resources.actors, len(todo))  # never more actors than shards left to sample
+    report.actors = resources.describe()
+    options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0, max_concurrency=IN_FLIGHT)
     forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}
-    actor_cls = ray.remote(SamplerActor).options(**options)
+    actor_cls = ray.remote(ShardActor).options(**options)
 
     def on_done(shard: Shard, result: ShardResult) -> None:
         report.shards_sampled += 1
@@ -123,8 +121,8 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         progress.advance(result.images)
 
     scheduler = ShardScheduler(
-        make_actor=lambda: actor_cls.remote(spec.model, plan.device, plan.threads or None, model_sha256=spec.model_sha256),
-        workers=workers,
+        make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256),
+        actors=actors,
         make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
         on_done=on_done,
         note=progress.note,

@@ -1,22 +1,27 @@
 """Submit and manage novarch-batch jobs on a Ray cluster through the Ray Jobs API.
 
-The job's driver runs on the cluster as ``python -m pipeline.cli submit ...`` with the project's
-packages (and the shipped model) carried by the runtime_env. Token authentication stays on: the
+The job's driver runs on the cluster as ``python -m novarch_batch.pipeline.cli run-spec <spec JSON>``
+with the project's packages (and the shipped model) carried by the runtime_env. Token authentication stays on: the
 token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token and is never printed.
 """
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shlex
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pipeline.spec import JobSpec
+from novarch_batch.workers.spec import JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60  # how long a freshly started head may take to accept jobs
+PACKAGES = ("pipeline", "workers", "storage")  # what the job's driver and actors import; training stays home
 
 
 class ClusterError(RuntimeError):
@@ -43,12 +48,15 @@ def client(address: str):
         raise ClusterError(f"--cluster {address}: cannot reach the Ray Jobs API ({type(e).__name__}); check the address, e.g. http://HEAD:8265") from None
 
 
-def project_modules() -> list[str]:
-    """The two import packages, uploaded with the job so the cluster runs this very code and model."""
-    import pipeline
-    import workers
-
-    return [str(Path(pipeline.__file__).parent), str(Path(workers.__file__).parent)]
+def project_package(staging: Path) -> str:
+    """A ``novarch_batch`` folder with the driver's and actors' packages (and the shipped model),
+    uploaded with the job so the cluster runs this very code; on the cluster it comes before any
+    installed copy on the import path."""
+    package = staging / "novarch_batch"
+    for name in PACKAGES:
+        source = Path(importlib.import_module(f"novarch_batch.{name}").__file__).parent
+        shutil.copytree(source, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(package)
 
 
 def absolute_out(out: str) -> str:
@@ -58,17 +66,14 @@ def absolute_out(out: str) -> str:
     return out
 
 
-def submit_flags(spec: JobSpec) -> list[str]:
-    """The flags that rebuild this exact spec on the cluster; --job-id pins the job identity."""
-    s, r = spec.sampling, spec.run
-    flags = ["--count", spec.count, "--out", absolute_out(spec.output.out), "--class", s.class_name, "--sampler", s.sampler, "--steps", s.steps,
-             "--guidance", s.guidance, "--eta", s.eta, "--seed", s.seed, "--shard-size", spec.output.shard_size,
-             "--batch-size", r.batch_size, "--job-id", spec.job_id, "--device", r.device, "--json"]
-    if r.workers:
-        flags += ["--workers", r.workers]
-    if spec.output.embed_images:
-        flags += ["--embed-images"]
-    return [str(f) for f in flags]
+def cluster_spec(spec: JobSpec) -> JobSpec:
+    """The spec as the head will run it: the same job (same id and hash), with a local --out made absolute."""
+    return replace(spec, output=replace(spec.output, out=absolute_out(spec.output.out)))
+
+
+def entrypoint(spec: JobSpec) -> str:
+    """The driver's command on the head: the whole spec as JSON, so no option is lost or re-parsed."""
+    return "python -m novarch_batch.pipeline.cli run-spec " + shlex.quote(json.dumps(spec.to_dict(), separators=(",", ":")))
 
 
 @dataclass(frozen=True)
@@ -80,16 +85,20 @@ class Submission:
 
 def submit(address: str, spec: JobSpec, output_url: str) -> Submission:
     jobs = client(address)
+    with tempfile.TemporaryDirectory(prefix="novarch-job-") as staging:
+        return _submit(jobs, address, cluster_spec(spec), output_url, project_package(Path(staging)))
+
+
+def _submit(jobs, address: str, spec: JobSpec, output_url: str, package: str) -> Submission:
     submission_id = f"{spec.job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    entrypoint = "python -m pipeline.cli submit " + shlex.join(submit_flags(spec))
     env_vars = {k: os.environ[k] for k in ("NOVARCH_S3_MAX_ATTEMPTS",) if k in os.environ}  # never credentials
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             jobs.submit_job(
-                entrypoint=entrypoint,
+                entrypoint=entrypoint(spec),
                 submission_id=submission_id,
-                runtime_env={"py_modules": project_modules(), "env_vars": env_vars},
+                runtime_env={"py_modules": [package], "env_vars": env_vars},
                 metadata={"novarch_job_id": spec.job_id, "output": output_url},
                 entrypoint_num_cpus=0,  # the driver needs no CPU reservation: leave every core to the actors
             )

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from pipeline.storage import Storage
+from novarch_batch.storage import Storage
 
 LEASE_KEY = "_LEASE"
 HEARTBEAT_SECONDS = 5.0

@@ -7,9 +7,9 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from pipeline.spec import JobSpec, SpecError
-from pipeline.storage import Storage, StorageError
-from workers import shard_format
+from novarch_batch.pipeline.spec import JobSpec, SpecError
+from novarch_batch.storage import Storage, StorageError
+from novarch_batch.workers import shard_format
 
 JOB_FILE = "job.json"
 SUCCESS_FILE = "_SUCCESS"

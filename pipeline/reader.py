@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import manifest
-from pipeline.storage import Storage, StorageError, open_storage
-from workers import shard_format
+from novarch_batch.pipeline import manifest
+from novarch_batch.storage import Storage, StorageError, open_storage
+from novarch_batch.workers import shard_format
 
 
 @dataclass

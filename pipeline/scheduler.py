@@ -12,8 +12,8 @@ from typing import Callable
 
 import ray
 
-from pipeline.plan import Shard
-from workers.tasks import ShardResult, ShardTask
+from novarch_batch.pipeline.shards import Shard
+from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
@@ -26,7 +26,7 @@ class JobFailed(RuntimeError):
 
 
 class ShardScheduler:
-    def __init__(self, make_actor: Callable[[], object], workers: int, make_task: Callable[[Shard], ShardTask],
+    def __init__(self, make_actor: Callable[[], object], actors: int, make_task: Callable[[Shard], ShardTask],
                  on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None]):
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
         self.actors: list = []
@@ -43,7 +43,7 @@ class ShardScheduler:
         self.failed_at: dict[int, float] = {}  # shard -> perf_counter of its first failure
         self.recoveries: list[float] = []  # seconds from a shard's failure to its commit
         self.first_ready: float | None = None  # perf_counter when the first actor had loaded its model
-        for _ in range(workers):
+        for _ in range(actors):
             self.actors.append(None)
             self._start(len(self.actors) - 1)
 

@@ -1,81 +1,29 @@
-"""The frozen, validated JobSpec: every flag is checked here, before Ray or storage is touched."""
+"""Flags to a validated JobSpec: every value is checked here, before Ray or storage is touched.
+
+The spec's fields, defaults and per-field checks are the dataclasses' (workers/spec.py); this
+module adds what needs the outside world: the count's syntax, the output location, the model.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-CLASSES = ("building", "house", "any")
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
+from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
+    SHIPPED_MODEL,
+    JobSpec,
+    OutputConfig,
+    RunConfig,
+    SamplingConfig,
+    SpecError,
+    defaults_of,
+)
+
 MAX_COUNT = 100_000_000  # ids are written as 9 digits and shards as 5: 10^8 fits both at 1,000 per shard
 MAX_SHARDS = 100_000
-MAX_STEPS = 1000  # the model's number of training timesteps
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class SpecError(ValueError):
-    """Bad user input; the message names the flag and the fix (CLI exit code 2)."""
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    class_name: str = "any"
-    sampler: str = "dpmpp-2m-sde"  # DDPM-20 quality in 10 steps with this model: BENCHMARKS.md
-    steps: int = 10
-    guidance: float = 2.0
-    eta: float = 0.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    out: str = "./novarch-out"
-    shard_size: int = 0  # 0 = auto_shard_size(count)
-    embed_images: bool = False
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    workers: int = 0  # 0 = one per GPU, else an automatic CPU split (pipeline.cluster)
-    batch_size: int = 64
-    ray_address: str | None = None
-    device: str = "auto"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    count: int
-    model: str  # model folder (resolved path)
-    model_sha256: str
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    job_id: str = ""
-
-    @property
-    def num_shards(self) -> int:
-        return math.ceil(self.count / self.output.shard_size)
-
-    def identity(self) -> dict:
-        """What determines the dataset's content; workers, batch size and addresses do not."""
-        return {
-            "count": self.count,
-            "model_sha256": self.model_sha256,
-            "sampling": asdict(self.sampling),
-            "shard_size": self.output.shard_size,
-            "embed_images": self.output.embed_images,
-        }
-
-    def spec_hash(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def auto_shard_size(count: int) -> int:
@@ -97,12 +45,6 @@ def parse_count(raw) -> int:
     return count
 
 
-def _positive(name: str, value: int) -> int:
-    if value <= 0:
-        raise SpecError(f"--{name} must be a positive integer, got {value}")
-    return value
-
-
 def validate_out(out: str) -> str:
     parsed = urlparse(out)
     if parsed.scheme not in ("", "file", "s3"):
@@ -110,7 +52,7 @@ def validate_out(out: str) -> str:
     if parsed.scheme == "s3" and not parsed.netloc:
         raise SpecError(f"--out {out}: no bucket; use s3://BUCKET/PREFIX")
     if parsed.scheme in ("", "file"):
-        from pipeline.storage import LocalStorage, StorageError
+        from novarch_batch.storage import LocalStorage, StorageError
 
         try:
             LocalStorage(parsed.path if parsed.scheme == "file" else out).check_writable()
@@ -122,13 +64,13 @@ def validate_out(out: str) -> str:
 def resolve_model(model: str | None) -> tuple[str, Path]:
     """(what actors are given, a local folder to read now): an s3:// model is fetched into this
     node's cache here, and again (once per node, sha256-checked) by the actors."""
-    from workers.model import default_model_dir
+    from novarch_batch.workers.model import default_model_dir
 
-    if not model:
-        return str(default_model_dir()), default_model_dir()
+    if not model or model == SHIPPED_MODEL:
+        return SHIPPED_MODEL, default_model_dir()
     if model.startswith("s3://"):
-        from pipeline.storage import StorageError
-        from workers.model_cache import fetch_model_folder
+        from novarch_batch.storage import StorageError
+        from novarch_batch.workers.model_cache import fetch_model_folder
 
         try:
             return model, fetch_model_folder(model)
@@ -138,65 +80,40 @@ def resolve_model(model: str | None) -> tuple[str, Path]:
     return str(local), local
 
 
-def build_spec(
-    *,
-    count,
-    out: str = "./novarch-out",
-    class_name: str = "any",
-    sampler: str = "dpmpp-2m-sde",
-    steps: int = 10,
-    guidance: float = 2.0,
-    eta: float = 0.0,
-    seed: int = 0,
-    shard_size: int | None = None,
-    batch_size: int = 64,
-    workers: int | None = None,
-    job_id: str | None = None,
-    ray_address: str | None = None,
-    model: str | None = None,
-    device: str = "auto",
-    embed_images: bool = False,
-) -> JobSpec:
-    """Validate raw flag values into a JobSpec; raises SpecError naming the fix."""
-    from workers.model import ModelError, ModelInfo
+def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:
+    """Validate raw option values (named as the spec's fields) into a JobSpec; raises SpecError naming the fix.
+
+    Options left out take the dataclasses' defaults; a name that is no field of the spec is a
+    programming error (TypeError), never silently dropped.
+    """
+    from novarch_batch.workers.model import ModelError, ModelInfo
 
     count = parse_count(count)
-    if class_name not in CLASSES:
-        raise SpecError(f"--class must be one of {', '.join(CLASSES)}, got '{class_name}'")
-    if sampler not in SAMPLERS:
-        raise SpecError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
-    _positive("steps", steps)
-    if steps > MAX_STEPS:
-        raise SpecError(f"--steps must be at most {MAX_STEPS} (the model's training timesteps), got {steps}")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise SpecError(f"--guidance must be a number >= 0 (1 = conditional, 0 = unconditional), got {guidance}")
-    if not math.isfinite(eta) or eta < 0:
-        raise SpecError(f"--eta must be a number >= 0 (0 = deterministic DDIM), got {eta}")
-    if seed < 0:
-        raise SpecError(f"--seed must be a non-negative integer, got {seed}")
-    shard_size = auto_shard_size(count) if shard_size is None else _positive("shard-size", shard_size)
-    if math.ceil(count / shard_size) > MAX_SHARDS:
-        raise SpecError(f"--shard-size {shard_size} makes more than {MAX_SHARDS:,} shards; use --shard-size {math.ceil(count / MAX_SHARDS)} or more")
-    _positive("batch-size", batch_size)
-    if workers is not None:
-        _positive("workers", workers)
+    for name in ("actors", "shard_size"):  # 0 is the dataclass's "automatic"; a user who types 0 means a mistake
+        if name in options and options[name] is not None and options[name] <= 0:
+            raise SpecError(f"--{name.replace('_', '-')} must be a positive integer, got {options[name]}")
+    options = {k: v for k, v in options.items() if v is not None or k == "ray_address"}
+    parts = {config: {k: options.pop(k) for k in list(options) if k in defaults_of(config)}
+             for config in (SamplingConfig, OutputConfig, RunConfig)}
+    if options:
+        raise TypeError(f"build_spec got unknown options: {', '.join(sorted(options))}")
+    output = parts[OutputConfig]
+    if not output.get("shard_size"):
+        output["shard_size"] = auto_shard_size(count)
+    sampling, out_config, run = SamplingConfig(**parts[SamplingConfig]), OutputConfig(**output), RunConfig(**parts[RunConfig])
+    out_config.validate()
+    run.validate()
+    if math.ceil(count / out_config.shard_size) > MAX_SHARDS:
+        raise SpecError(f"--shard-size {out_config.shard_size} makes more than {MAX_SHARDS:,} shards; "
+                        f"use --shard-size {math.ceil(count / MAX_SHARDS)} or more")
     if job_id is not None and not JOB_ID_PATTERN.match(job_id):
         raise SpecError(f"--job-id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got '{job_id}'")
-    if device not in ("auto", "cpu", "cuda"):
-        raise SpecError(f"--device must be auto, cpu or cuda, got '{device}'")
-    validate_out(out)
+    validate_out(out_config.out)
     model_ref, model_dir = resolve_model(model)
     try:
         info = ModelInfo.read(model_dir)
     except ModelError as e:
         raise SpecError(str(e)) from None
-
-    spec = JobSpec(
-        count=count,
-        model=model_ref,
-        model_sha256=info.sha256,
-        sampling=SamplingConfig(class_name, sampler, steps, float(guidance), float(eta), seed),
-        output=OutputConfig(out, shard_size, embed_images),
-        run=RunConfig(workers or 0, batch_size, ray_address, device),
-    )
-    return JobSpec(**{**spec.__dict__, "job_id": job_id or f"novarch-{spec.spec_hash()[:12]}"})
+    sampling.validate(info.classes)
+    spec = JobSpec(count=count, model=model_ref, model_sha256=info.sha256, sampling=sampling, output=out_config, run=run)
+    return replace(spec, job_id=job_id or f"novarch-{spec.spec_hash()[:12]}")

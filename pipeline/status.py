@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipeline.plan import shard
-from pipeline.reader import JobView
+from novarch_batch.pipeline.shards import shard
+from novarch_batch.pipeline.reader import JobView
 
 
 @dataclass

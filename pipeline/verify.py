@@ -5,8 +5,8 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass, field
 
-from pipeline.reader import JobView
-from workers import shard_format
+from novarch_batch.pipeline.reader import JobView
+from novarch_batch.workers import shard_format
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
 

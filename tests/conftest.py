@@ -19,7 +19,7 @@ def ray_local(s3_server):
     they would inherit a user's AWS_* variables or a node's instance role."""
     import ray
 
-    from pipeline import cluster
+    from novarch_batch.pipeline import cluster
 
     os.environ.update(s3_server.env())
     cluster.connect(None)
@@ -29,13 +29,13 @@ def ray_local(s3_server):
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    from workers.model import default_model_dir
+    from novarch_batch.workers.model import default_model_dir
 
     return default_model_dir()
 
 
 @pytest.fixture(scope="session")
 def unet(model_dir):
-    from workers.model import load_unet
+    from novarch_batch.workers.model import load_unet
 
     return load_unet(model_dir, torch.device("cpu"))

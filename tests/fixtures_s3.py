@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pipeline.seaweed import EmbeddedS3
+from novarch_batch.pipeline.seaweed import EmbeddedS3
 
 S3_ENV_VARS = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli, main
+from novarch_batch.pipeline.cli import cli, main
 
 CASES = [
     (["--count", "0"], "--count must be a positive integer, got 0"),
@@ -18,12 +18,13 @@ CASES = [
     (["--count", str(10**12)], "--count must be at most 100,000,000"),
     (["--count", "8", "--steps", "0"], "--steps must be a positive integer, got 0"),
     (["--count", "8", "--steps", "5000"], "--steps must be at most 1000"),
-    (["--count", "8", "--class", "castle"], "'castle' is not one of 'building', 'house', 'any'"),
+    (["--count", "8", "--class", "castle"], "--class must be one of building, house, any (the model's classes), got 'castle'"),
     (["--count", "8", "--sampler", "euler"], "'euler' is not one of 'ddpm', 'ddim', 'dpmpp-2m'"),
     (["--count", "8", "--guidance", "-1"], "--guidance must be a number >= 0"),
     (["--count", "8", "--shard-size", "0"], "--shard-size must be a positive integer, got 0"),
     (["--count", "8", "--batch-size", "-4"], "--batch-size must be a positive integer, got -4"),
-    (["--count", "8", "--workers", "0"], "--workers must be a positive integer, got 0"),
+    (["--count", "8", "--actors", "0"], "--actors must be a positive integer, got 0"),
+    (["--count", "8", "--sampler", "ddpm", "--eta", "0.5"], "--eta is used by --sampler ddim only, not ddpm"),
     (["--count", "8", "--job-id", "../escape"], "--job-id must be 1-128 letters"),
     (["--count", "8", "--out", "gs://bucket/x"], "unknown scheme 'gs://'"),
     (["--count", "8", "--out", "s3://"], "no bucket"),
@@ -99,5 +100,5 @@ def test_help_explains_every_flag():
     result = CliRunner().invoke(cli, ["submit", "--help"])
     assert result.exit_code == 0
     for flag in ("--count", "--out", "--class", "--sampler", "--steps", "--guidance", "--seed", "--shard-size",
-                 "--batch-size", "--workers", "--job-id", "--ray-address", "--json", "--model"):
+                 "--batch-size", "--actors", "--job-id", "--ray-address", "--json", "--model"):
         assert flag in result.output

@@ -1,7 +1,7 @@
 """The procedural generator: deterministic per (seed, index), both classes, sane shapes."""
 import numpy as np
 
-from training.dataset import make_images
+from novarch_batch.training.dataset import make_images
 
 
 def test_shapes_and_dtypes():

@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline import driver
-from pipeline.spec import build_spec
-from pipeline.verify import verify
+from novarch_batch.pipeline import driver
+from novarch_batch.pipeline.spec import build_spec
+from novarch_batch.pipeline.verify import verify
 from tests.procs import pids_with_title, sigkill, wait_for
-from workers.tasks import FAULT_ENV
+from novarch_batch.workers.tasks import FAULT_ENV
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
@@ -42,12 +42,12 @@ def run_in_thread(spec):
 
 
 def test_actor_killed_mid_shard_is_replaced(ray_local, tmp_path):
-    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=2, workers=2, seed=5)
+    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=2, actors=2, seed=5)
     thread, outcome = run_in_thread(spec)
     images = tmp_path / spec.job_id / "images"
     # Mid-shard: an actor is inside run_shard and has stored part of its shard's images.
     wait_for(lambda: images.exists() and any(images.rglob("*.png")), 120, "the first stored image")
-    victim = wait_for(lambda: pids_with_title("ray::SamplerActor.run_shard"), 30, "a busy actor")[0]
+    victim = wait_for(lambda: pids_with_title("ray::ShardActor.run_shard"), 30, "a busy actor")[0]
     sigkill(victim)
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
@@ -61,7 +61,7 @@ def test_actor_killed_mid_shard_is_replaced(ray_local, tmp_path):
 
 
 def test_failing_shard_stops_job_and_rerun_resumes(ray_local, tmp_path, monkeypatch):
-    spec = build_spec(count=40, out=str(tmp_path), steps=2, shard_size=8, batch_size=8, workers=2, seed=9)
+    spec = build_spec(count=40, out=str(tmp_path), steps=2, shard_size=8, batch_size=8, actors=2, seed=9)
     monkeypatch.setenv(FAULT_ENV, "2")
     with pytest.raises(driver.JobFailed, match=r"shard 2 \(ids 16-23\) attempt 3/3 failed: RuntimeError: fault injected.*gave up after 3 attempts"):
         driver.run(spec)
@@ -77,7 +77,7 @@ def test_failing_shard_stops_job_and_rerun_resumes(ray_local, tmp_path, monkeypa
 
 def submit_cmd(out: Path, *extra: str) -> list[str]:
     return [CLI, "submit", "--count", "48", "--steps", "4", "--shard-size", "8", "--batch-size", "4",
-            "--workers", "2", "--seed", "21", "--out", str(out), "--json", *extra]
+            "--actors", "2", "--seed", "21", "--out", str(out), "--json", *extra]
 
 
 def test_driver_killed_then_rerun_resumes_identically(tmp_path):
@@ -99,7 +99,7 @@ def test_driver_killed_then_rerun_resumes_identically(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["shards_skipped"] >= done_before and report["shards_sampled"] == 6 - report["shards_skipped"]
-    reference = build_spec(count=48, out=str(tmp_path / "clean"), steps=4, shard_size=8, batch_size=4, workers=2, seed=21)
+    reference = build_spec(count=48, out=str(tmp_path / "clean"), steps=4, shard_size=8, batch_size=4, actors=2, seed=21)
     driver.run(reference)
     job = next(out.iterdir())
     assert ids_and_hashes(job) == ids_and_hashes(tmp_path / "clean" / reference.job_id)
@@ -107,7 +107,7 @@ def test_driver_killed_then_rerun_resumes_identically(tmp_path):
 
 
 def test_second_driver_on_a_running_job_refuses(ray_local, tmp_path):
-    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=4, workers=1, seed=33)
+    spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=4, actors=1, seed=33)
     thread, outcome = run_in_thread(spec)
     wait_for(lambda: (tmp_path / spec.job_id / "_LEASE").exists(), 60, "the first driver's lease")
     second = subprocess.run(([CLI, "submit", "--count", "48", "--steps", "6", "--shard-size", "8",

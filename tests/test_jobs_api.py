@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.verify import verify
+from novarch_batch.pipeline.verify import verify
 from tests.procs import wait_for
 
 BIN = Path(sys.executable).parent
@@ -106,3 +106,29 @@ def test_unreachable_cluster_is_one_line(tmp_path):
     done = run_cli("submit", "--count", "4", "--out", str(tmp_path), "--cluster", f"http://127.0.0.1:{free_port()}", timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("novarch-batch: error: --cluster http://127.0.0.1:")
+
+
+def test_every_spec_field_reaches_the_head_unchanged(ray_head, tmp_path):
+    """The head runs the spec validated on the laptop, whole: each field set to a non-default value
+    comes back from the job.json the head's driver wrote."""
+    from dataclasses import fields
+
+    from novarch_batch.pipeline.spec import build_spec
+    from novarch_batch.workers.spec import JobSpec, OutputConfig, RunConfig, SamplingConfig
+
+    options = dict(class_name="house", sampler="ddim", steps=2, guidance=1.5, eta=0.5, seed=7,
+                   out=str(tmp_path / "out"), shard_size=4, embed_images=True, actors=1, batch_size=4, device="cpu")
+    untouched = {"ray_address"}  # a job on the cluster joins the head's own Ray
+    for config in (SamplingConfig, OutputConfig, RunConfig):
+        for f in fields(config):
+            assert f.name in options or f.name in untouched, f"set --{f.name} here to prove it reaches the head"
+            assert f.name in untouched or options[f.name] != f.default
+    laptop = build_spec(count=8, job_id="every-field", **options)
+    flags = ["--count", "8", "--job-id", "every-field", "--class", "house", "--sampler", "ddim", "--steps", "2", "--guidance", "1.5",
+             "--eta", "0.5", "--seed", "7", "--out", str(tmp_path / "out"), "--shard-size", "4", "--embed-images", "--actors", "1",
+             "--batch-size", "4", "--device", "cpu"]
+    done = run_cli("submit", *flags, "--cluster", ray_head, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads((tmp_path / "out" / "every-field" / "job.json").read_text())
+    assert JobSpec.from_dict(job["spec"]) == laptop
+    assert job["spec_hash"] == laptop.spec_hash()

@@ -7,9 +7,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from pipeline import driver
-from pipeline.spec import build_spec
-from pipeline.verify import verify
+from novarch_batch.pipeline import driver
+from novarch_batch.pipeline.spec import build_spec
+from novarch_batch.pipeline.verify import verify
 from tests.procs import wait_for
 
 
@@ -28,7 +28,7 @@ def three_node_cluster(s3_server):
 def test_job_completes_after_a_node_is_removed(three_node_cluster, tmp_path):
     cluster, workers = three_node_cluster
     # Four one-CPU actors on two two-CPU nodes: each node holds two of them.
-    spec = build_spec(count=64, out=str(tmp_path), steps=6, shard_size=4, batch_size=4, workers=4, seed=17)
+    spec = build_spec(count=64, out=str(tmp_path), steps=6, shard_size=4, batch_size=4, actors=4, seed=17)
     outcome: dict = {}
 
     def target():

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.s3 import S3Storage, mask_key, storage_options_for_polars
-from pipeline.seaweed import EmbeddedS3, SeaweedError, find_weed, free_ports
-from pipeline.storage import StorageError, open_storage
+from novarch_batch.storage.s3 import S3Storage, mask_key, storage_options_for_polars
+from novarch_batch.pipeline.seaweed import EmbeddedS3, SeaweedError, find_weed, free_ports
+from novarch_batch.storage import StorageError, open_storage
 from tests.fixtures_s3 import isolate_aws_env
-from workers.model_cache import WEIGHTS, ModelIntegrityError, fetch_model_folder
+from novarch_batch.workers.model_cache import WEIGHTS, ModelIntegrityError, fetch_model_folder
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline import driver
-from pipeline.s3 import S3Storage, pyarrow_filesystem, storage_options_for_polars
-from pipeline.spec import build_spec
-from pipeline.storage import StorageError
-from pipeline.verify import verify
+from novarch_batch.pipeline import driver
+from novarch_batch.storage.s3 import S3Storage, pyarrow_filesystem, storage_options_for_polars
+from novarch_batch.pipeline.spec import build_spec
+from novarch_batch.storage import StorageError
+from novarch_batch.pipeline.verify import verify
 
 COUNT = 200
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
@@ -26,7 +26,7 @@ CLI = str(Path(sys.executable).with_name("novarch-batch"))
 @pytest.fixture(scope="module")
 def s3_job(ray_local, s3_server):
     out = f"s3://{s3_server.bucket}/jobs-{time.time_ns()}"
-    spec = build_spec(count=COUNT, out=out, steps=2, shard_size=50, batch_size=50, workers=2, seed=4)
+    spec = build_spec(count=COUNT, out=out, steps=2, shard_size=50, batch_size=50, actors=2, seed=4)
     report = driver.run(spec)
     return spec, report, f"{out}/{spec.job_id}"
 
@@ -80,7 +80,7 @@ def test_missing_bucket_fails_fast(s3_server):
 
 def test_store_outage_of_ten_seconds_is_ridden_out(ray_local, s3_server):
     out = f"s3://{s3_server.bucket}/outage-{time.time_ns()}"
-    spec = build_spec(count=96, out=out, steps=4, shard_size=8, batch_size=4, workers=2, seed=8)
+    spec = build_spec(count=96, out=out, steps=4, shard_size=8, batch_size=4, actors=2, seed=8)
     job = S3Storage.from_url(f"{out}/{spec.job_id}")
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(report=driver.run(spec)), daemon=True)
@@ -102,7 +102,7 @@ def test_outage_beyond_the_retry_budget_fails_cleanly(s3_server, tmp_path):
     """The driver process exits 1 naming the problem; every committed shard has all its images."""
     out = f"s3://{s3_server.bucket}/down-{time.time_ns()}"
     env = {**s3_server.env(), "NOVARCH_S3_MAX_ATTEMPTS": "2", "RAY_ADDRESS": "", "PATH": "/usr/bin:/bin"}
-    cmd = [CLI, "submit", "--count", "64", "--steps", "4", "--shard-size", "8", "--batch-size", "4", "--workers", "2", "--out", out]
+    cmd = [CLI, "submit", "--count", "64", "--steps", "4", "--shard-size", "8", "--batch-size", "4", "--actors", "2", "--out", out]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         storage = S3Storage.from_url(out)
@@ -131,11 +131,11 @@ def test_model_from_s3_is_fetched_and_checked(ray_local, s3_server, model_dir, t
     for path in model_dir.iterdir():
         models.put_bytes(path.name, path.read_bytes())
     out = f"s3://{s3_server.bucket}/s3model-{time.time_ns()}"
-    spec = build_spec(count=8, out=out, steps=2, shard_size=8, workers=1, model=models.url)
+    spec = build_spec(count=8, out=out, steps=2, shard_size=8, actors=1, model=models.url)
     assert spec.model == models.url and spec.model_sha256 == build_spec(count=8, steps=2).model_sha256
     report = driver.run(spec)
     assert report.complete and verify(f"{out}/{spec.job_id}", full=True).ok
-    from workers.model_cache import ModelIntegrityError, fetch_model_folder
+    from novarch_batch.workers.model_cache import ModelIntegrityError, fetch_model_folder
 
     with pytest.raises(ModelIntegrityError):  # what an actor does when its node's copy is not the spec's model
         fetch_model_folder(models.url, expected_sha256="0" * 64)

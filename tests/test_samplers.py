@@ -5,10 +5,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from workers.model import ModelInfo, make_denoiser
-from workers.samplers import SAMPLERS, Schedule
-from workers.schedules import alphas_cumprod_for, trailing_timesteps
-from workers.seeds import draw_noise, make_generators, sample_seed
+from novarch_batch.workers.model import ModelInfo, make_denoiser
+from novarch_batch.workers.samplers import SAMPLERS, Schedule
+from novarch_batch.workers.spec import SAMPLER_OPTIONS
+from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
+from novarch_batch.workers.seeds import draw_noise, make_generators, sample_seed
 
 STEPS = 10
 SEEDS = [sample_seed(7, i) for i in range(3)]
@@ -37,7 +38,8 @@ def run_ours(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS
     schedule = Schedule(alphas_cumprod_for(info.scheduler_config), trailing_timesteps(1000, steps), info.scheduler_config["clip_sample"])
     denoise = make_denoiser(unet, torch.tensor(labels), info.null_label, guidance)
     with torch.inference_mode():
-        return SAMPLERS[name](denoise, x, schedule, generators=gens, eta=eta)
+        options = {"eta": eta} if "eta" in SAMPLER_OPTIONS[name] else {}  # as SamplingConfig.sampler_kwargs passes it
+        return SAMPLERS[name](denoise, x, schedule, generators=gens, **options)
 
 
 def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0):
@@ -126,3 +128,13 @@ def test_trailing_timesteps_start_from_pure_noise():
     assert trailing_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert trailing_timesteps(1000, 1) == [999]
     assert len(trailing_timesteps(1000, 1000)) == 1000
+
+
+def test_every_sampler_has_its_options_declared():
+    """The CLI's --sampler choices and the refusal of unused options come from SAMPLER_OPTIONS."""
+    import inspect
+
+    assert set(SAMPLERS) == set(SAMPLER_OPTIONS)
+    for name, fn in SAMPLERS.items():
+        params = inspect.signature(fn).parameters
+        assert [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY] == ["generators", *SAMPLER_OPTIONS[name], "callback"]

@@ -9,13 +9,14 @@ import time
 
 import pytest
 
-from pipeline.plan import Shard
-from pipeline.scheduler import IN_FLIGHT, ShardScheduler
-from workers.tasks import ShardResult, ShardTask
+from novarch_batch.pipeline.shards import Shard
+from novarch_batch.pipeline.scheduler import IN_FLIGHT, ShardScheduler
+from novarch_batch.workers.spec import SamplingConfig
+from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 
 class CountingActor:
-    """Answers like a SamplerActor; reports how many of its calls were running when each started."""
+    """Answers like a ShardActor; reports how many of its calls were running when each started."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -35,7 +36,7 @@ class CountingActor:
 
 
 def task_for(shard: Shard) -> ShardTask:
-    return ShardTask("job", "/nowhere", shard.index, shard.start, shard.stop, "any", "ddpm", 1, 1.0, 0.0, 0, 8, "2026-01-01T00:00:00+00:00")
+    return ShardTask("job", "/nowhere", shard.index, shard.start, shard.stop, SamplingConfig(sampler="ddpm", steps=1), 8, "2026-01-01T00:00:00+00:00")
 
 
 def test_each_actor_gets_its_next_shard_while_the_current_one_runs(ray_local):
@@ -49,10 +50,10 @@ def test_each_actor_gets_its_next_shard_while_the_current_one_runs(ray_local):
     assert scheduler.retries == 0 and scheduler.replaced == 0
 
 
-@pytest.mark.parametrize("module", ["pipeline.driver", "pipeline.cli"])
+@pytest.mark.parametrize("module", ["novarch_batch.pipeline.driver", "novarch_batch.pipeline.cli"])
 def test_the_driver_side_never_imports_torch(module, tmp_path):
     """The driver reads the model's metadata and hands Ray a shell class; torch loads only in actors."""
-    code = (f"import sys, {module}; from pipeline.spec import build_spec; build_spec(count=10, out={str(tmp_path)!r}); "
+    code = (f"import sys, {module}; from novarch_batch.pipeline.spec import build_spec; build_spec(count=10, out={str(tmp_path)!r}); "
             "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.s3 import S3Storage
+from novarch_batch.storage.s3 import S3Storage
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
@@ -19,7 +19,7 @@ def test_no_secret_anywhere_after_a_run(s3_server, s3_env, tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="nvr", dir="/tmp"))  # this run's own Ray logs; short: socket paths < 108 bytes
     env = {**env_keys, "PATH": "/usr/bin:/bin", "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp), "HOME": str(tmp_path)}
     out = f"s3://{s3_server.bucket}/secrets-{time.time_ns()}"
-    ok = subprocess.run([CLI, "submit", "--count", "16", "--steps", "2", "--shard-size", "8", "--workers", "1", "--out", out, "--json"],
+    ok = subprocess.run([CLI, "submit", "--count", "16", "--steps", "2", "--shard-size", "8", "--actors", "1", "--out", out, "--json"],
                         capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([CLI, "submit", "--count", "16", "--out", f"s3://{s3_server.bucket}-missing/x"],

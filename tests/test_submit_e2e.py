@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import driver
-from pipeline.spec import SpecError, build_spec
-from workers import shard_format
+from novarch_batch.pipeline import driver
+from novarch_batch.pipeline.spec import SpecError, build_spec
+from novarch_batch.workers import shard_format
 
 COUNT = 24
 
@@ -26,7 +26,7 @@ def read_job(job_dir):
 @pytest.fixture(scope="module")
 def finished_job(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
-    spec = build_spec(count=COUNT, out=str(out), steps=3, shard_size=10, batch_size=4, workers=2, seed=11)
+    spec = build_spec(count=COUNT, out=str(out), steps=3, shard_size=10, batch_size=4, actors=2, seed=11)
     report = driver.run(spec)
     return spec, report, out / spec.job_id
 
@@ -84,7 +84,7 @@ def test_lost_shard_is_rewritten_with_identical_bytes(finished_job):
 def test_same_samples_across_batch_shard_and_worker_layout(finished_job, tmp_path):
     """Different batch size, shard size and worker count: each image within 1 level of 255."""
     spec, _, job_dir = finished_job
-    other = build_spec(count=COUNT, out=str(tmp_path), steps=3, shard_size=7, batch_size=5, workers=1, seed=11)
+    other = build_spec(count=COUNT, out=str(tmp_path), steps=3, shard_size=7, batch_size=5, actors=1, seed=11)
     driver.run(other)
     a, b = read_job(job_dir), read_job(tmp_path / other.job_id)
     assert [r["seed"] for r in a] == [r["seed"] for r in b]
@@ -102,7 +102,7 @@ def test_job_id_reused_with_another_spec_is_refused(finished_job, ray_local):
 
 
 def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
-    spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, workers=1, seed=2, embed_images=True)
+    spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, actors=1, seed=2, embed_images=True)
     driver.run(spec)
     job_dir = tmp_path / spec.job_id
     assert not (job_dir / "images").exists()
@@ -112,7 +112,7 @@ def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
         assert hashlib.sha256(r["image"]).hexdigest() == r["sha256"]
         assert Image.open(io.BytesIO(r["image"])).size == (32, 32)
         assert r["image_key"] == shard_format.embedded_key(r["shard"], r["id"])
-    from pipeline.verify import verify
+    from novarch_batch.pipeline.verify import verify
 
     assert verify(str(job_dir), full=True).ok
 
@@ -134,7 +134,7 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
 def test_evaluate_and_preview_a_small_job(finished_job, tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli import cli
+    from novarch_batch.pipeline.cli import cli
 
     _, _, job_dir = finished_job
     result = CliRunner().invoke(cli, ["evaluate", str(job_dir), "--json"])

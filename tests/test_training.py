@@ -4,16 +4,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 from PIL import Image
 
-from training.dataset import make_images
-from training.evaluate import evaluate_images
-from training.explain import FRAMES, SCALE, render_explain
-from training.judge import default_folder, load_judge, predict_proba
-from training.metrics import frechet_distance, nearest_l2
-from training.preview import render_grid
-from training.train import TrainConfig, train
+from novarch_batch.training.dataset import make_images
+from novarch_batch.training.evaluate import evaluate_images
+from novarch_batch.training.explain import FRAMES, SCALE, render_explain
+from novarch_batch.training.judge import default_folder, load_judge, predict_proba
+from novarch_batch.training.metrics import frechet_distance, nearest_l2
+from novarch_batch.training.preview import render_grid
+from novarch_batch.training.train import TrainConfig, train
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.model import default_model_dir
 
 FRESH_SEED = 4000  # seen by neither the model nor the judge
 
@@ -62,7 +64,7 @@ def test_shipped_judge_tells_buildings_from_houses():
 
 
 def test_missing_judge_says_how_to_train_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m training.judge"):
+    with pytest.raises(FileNotFoundError, match="python -m novarch_batch.training.judge"):
         load_judge(tmp_path)
 
 
@@ -102,10 +104,7 @@ def test_render_grid(tmp_path):
 
 
 def test_render_explain(tmp_path):
-    torch.manual_seed(0)
-    folder = default_folder().parent / "novarch-tiny"
-    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True).eval()
-    out = render_explain(unet, DDPMScheduler.from_pretrained(folder), tmp_path / "explain.png", steps=8)
+    out = render_explain(ImageGenerator(default_model_dir(), "cpu"), tmp_path / "explain.png", steps=8)
     with Image.open(out) as im:
         im.load()
         assert im.width > FRAMES * 32 * SCALE and im.height > 3 * 32 * SCALE

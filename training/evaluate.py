@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.dataset import make_images
-from training.export import CLASSES
-from training.judge import JUDGE_CLASSES, Judge, features, load_judge, predict_proba
-from training.metrics import frechet_distance, nearest_l2
-from training.train import TRAIN_DATA_SEED
+from novarch_batch.training.dataset import make_images
+from novarch_batch.training.export import CLASSES
+from novarch_batch.training.judge import JUDGE_CLASSES, Judge, features, load_judge, predict_proba
+from novarch_batch.training.metrics import frechet_distance, nearest_l2
+from novarch_batch.training.train import TRAIN_DATA_SEED
 
-REAL_SEED = 3000  # real reference set; disjoint from training (1000) and judge (2000, 2001)
+REAL_SEED = 3000  # real reference set; disjoint from novarch_batch.training (1000) and judge (2000, 2001)
 FLOOR_SEEDS = (3001, 3002, 3003, 3004)  # independent real sets; the floor is their median distance to it
 CONFIDENT = 0.9  # a judge probability at least this high counts as a clear building or house
 N_TRAIN_REFERENCE = 5000  # training images searched for each sample's nearest neighbour

@@ -1,6 +1,6 @@
 """The judge: a small CNN that tells buildings from houses, used only to evaluate samples.
 
-    python -m training.judge --out workers/models/novarch-judge
+    python -m novarch_batch.training.judge --out workers/models/novarch-judge
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.dataset import make_images
-from training.export import CLASSES
-from training.train import to_model_range
+from novarch_batch.training.dataset import make_images
+from novarch_batch.training.export import CLASSES
+from novarch_batch.training.train import to_model_range
 
 JUDGE_TRAIN_SEED = 2000  # disjoint from the diffusion model's data seed (1000)
 JUDGE_TEST_SEED = 2001
@@ -53,7 +53,7 @@ class Judge(nn.Module):
 
 def default_folder() -> Path:
     """The judge shipped inside the installed `workers` package."""
-    return Path(str(importlib.resources.files("workers") / "models" / "novarch-judge"))
+    return Path(str(importlib.resources.files("novarch_batch.workers") / "models" / "novarch-judge"))
 
 
 def load_judge(folder=None) -> Judge:
@@ -61,7 +61,7 @@ def load_judge(folder=None) -> Judge:
     folder = Path(folder) if folder is not None else default_folder()
     weights = folder / "judge.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found; train it with `python -m training.judge --out {folder}`")
+        raise FileNotFoundError(f"{weights} not found; train it with `python -m novarch_batch.training.judge --out {folder}`")
     judge = Judge()
     judge.load_state_dict(load_file(weights))
     return judge.eval()

@@ -1,60 +1,75 @@
-"""Sample a model folder and score it for the model card.
+"""Sample a model folder through `submit`'s own sampling path and score it for the model card.
 
-    python -m training.score_model workers/models/novarch-tiny --count 1000 --steps 20 --guidance 2.0
+    python -m novarch_batch.training.score_model workers/models/novarch-tiny --count 1000 --device cpu
+
+Row k (building, house, any) holds images 0..count-1 of `submit --class NAME --seed BASE+k` with
+the given sampler settings (the submit defaults unless flags say otherwise), so any image of the
+card can be made again with `submit`.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, UNet2DModel
 
-from training.evaluate import evaluate_images
-from training.preview import render_grid
-from training.sampling import class_index, sample
+from novarch_batch.training.evaluate import evaluate_images
+from novarch_batch.training.preview import render_grid
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.seeds import sample_seed
+from novarch_batch.workers.spec import SamplingConfig
 
-SCORE_SEED = 123_456  # base of the per-sample noise seeds; any fixed value works
+CARD_SEED = 10  # row k uses base seed CARD_SEED + k; any fixed value works
+ROWS = ("building", "house", "any")
 
 
-def sample_class(folder, class_name: str, count: int, steps: int, guidance: float,
-                 batch: int = 250, device: str = "cpu") -> np.ndarray:
-    """`count` images of `class_name` with DPM-Solver++ (2M) and classifier-free guidance."""
-    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True).eval().to(device)
-    scheduler = DPMSolverMultistepScheduler.from_pretrained(folder, algorithm_type="dpmsolver++", solver_order=2)
-    label = class_index(class_name)
-    out = []
-    for start in range(0, count, batch):
-        seeds = [SCORE_SEED + label * 10_000_000 + i for i in range(start, min(start + batch, count))]
-        out.append(sample(unet, scheduler, [label] * len(seeds), seeds, steps=steps, guidance=guidance))
-    return np.concatenate(out)
+def sample_images(generator: ImageGenerator, sampling: SamplingConfig, count: int, batch: int = 500) -> np.ndarray:
+    """Images 0..count-1 of a job with this SamplingConfig: exactly what `submit` writes for them."""
+    seeds = [sample_seed(sampling.seed, i) for i in range(count)]
+    return np.concatenate([generator.images(seeds[i:i + batch], sampling) for i in range(0, count, batch)])
+
+
+def score_model(generator: ImageGenerator, sampling: SamplingConfig, count: int, batch: int = 500,
+                judge=None, grids: Path | None = None, echo=None) -> dict:
+    """The card's metrics for each row; `sampling`'s class and seed are replaced per row."""
+    results = {}
+    for k, name in enumerate(ROWS):
+        started = time.perf_counter()
+        images = sample_images(generator, replace(sampling, class_name=name, seed=CARD_SEED + k), count, batch)
+        if generator.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = round(time.perf_counter() - started, 1)
+        results[name] = {**evaluate_images(images, name, judge), "sampling_seconds": seconds}
+        if grids:
+            render_grid(images[:64], None, grids / f"samples_{name}.png", cols=16)
+        if echo:
+            echo(json.dumps({name: results[name]}))
+    return results
 
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--count", default=1000, show_default=True, type=int)
-@click.option("--steps", default=20, show_default=True, type=int)
-@click.option("--guidance", default=2.0, show_default=True, type=float)
+@click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
+@click.option("--steps", default=SamplingConfig.steps, show_default=True, type=int)
+@click.option("--guidance", default=SamplingConfig.guidance, show_default=True, type=float)
 @click.option("--threads", default=2, show_default=True, type=int)
+@click.option("--batch", default=500, show_default=True, type=int, help="Micro-batch (images per network call).")
 @click.option("--device", default="cpu", show_default=True, help="Where the UNet runs: cpu or cuda.")
-@click.option("--out", default=None, help="Folder for scores.json and one preview grid per class.")
-def main(folder: str, count: int, steps: int, guidance: float, threads: int, device: str, out: str | None) -> None:
+@click.option("--out", default=None, help="Folder for scores.json and one preview grid per row.")
+def main(folder, count, sampler, steps, guidance, threads, batch, device, out):
     """Score FOLDER for building, house and any."""
     torch.set_num_threads(threads)
-    results = {}
-    for name in ("building", "house", "any"):
-        start = time.perf_counter()
-        images = sample_class(folder, name, count, steps, guidance, device=device)
-        seconds = round(time.perf_counter() - start, 1)
-        results[name] = {**evaluate_images(images, name), "sampling_seconds": seconds, "device": device}
-        if out:
-            render_grid(images[:64], None, Path(out) / f"samples_{name}.png", cols=16)
-        click.echo(json.dumps({name: results[name]}))
+    sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance)
+    sampling.validate(("building", "house"))
+    generator = ImageGenerator(folder, device)
+    results = score_model(generator, sampling, count, batch, grids=Path(out) if out else None, echo=click.echo)
     if out:
-        (Path(out) / "scores.json").write_text(json.dumps(results, indent=2) + "\n")
+        (Path(out) / "scores.json").write_text(json.dumps({"sampling": sampling.__dict__, "device": device, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

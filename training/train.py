@@ -1,6 +1,6 @@
 """Train NovArch-tiny: class-conditional epsilon-prediction DDPM on the procedural dataset.
 
-    python -m training.train --out workers/models/novarch-tiny --steps 1400 --batch-size 32 --threads 1
+    python -m novarch_batch.training.train --out workers/models/novarch-tiny --steps 1400 --batch-size 32 --threads 1
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.dataset import make_images
-from training.export import NULL_LABEL, build_scheduler, build_unet, save_model_folder
+from novarch_batch.training.dataset import make_images
+from novarch_batch.training.export import NULL_LABEL, build_scheduler, build_unet, save_model_folder
 
 TRAIN_DATA_SEED = 1000  # the judge and the evaluation sets use other seeds (see training/evaluate.py)
 
@@ -135,7 +135,7 @@ def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool) -> dic
         "training_config": asdict(cfg),
         "weights": "ema",
         "torch": torch.__version__,
-        "command": " ".join(["python -m training.train", *sys.argv[1:]]),
+        "command": " ".join(["python -m novarch_batch.training.train", *sys.argv[1:]]),
     }
 
 

@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from pipeline.s3 import S3Storage, sha256_file
-from pipeline.storage import StorageError, join
+from novarch_batch.storage import StorageError, join, open_storage, sha256_file
+from novarch_batch.workers.model import default_model_dir
+from novarch_batch.workers.spec import SHIPPED_MODEL
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 SHA_FILE = ".novarch-weights.sha256"  # sha256 of WEIGHTS, written when the download completes
@@ -31,7 +32,10 @@ def default_cache_root() -> Path:
 
 
 def fetch_model_folder(url: str, cache_root: Path | None = None, expected_sha256: str | None = None) -> Path:
-    """Local folder holding the model at ``url``: local paths as given, ``s3://`` via the node cache."""
+    """Local folder holding the model at ``url``: the shipped model by name, local paths as given,
+    ``s3://`` via the node cache."""
+    if url == SHIPPED_MODEL:
+        url = str(default_model_dir())
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         folder = Path(parsed.path if parsed.scheme == "file" else url)
@@ -55,7 +59,7 @@ def fetch_model_folder(url: str, cache_root: Path | None = None, expected_sha256
             # and swap only if the new download has the expected weights.
         staging = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         try:
-            sha = _download(S3Storage.from_url(url), staging)
+            sha = _download(open_storage(url), staging)
             if expected_sha256:
                 _check(sha, expected_sha256, join(url, WEIGHTS))
             (staging / SHA_FILE).write_text(sha + "\n")
@@ -69,7 +73,7 @@ def fetch_model_folder(url: str, cache_root: Path | None = None, expected_sha256
     return target
 
 
-def _download(store: S3Storage, staging: Path) -> str:
+def _download(store, staging: Path) -> str:
     """Copy every object under the prefix into ``staging``; return the weights' sha256."""
     keys = store.list()
     if WEIGHTS not in keys:

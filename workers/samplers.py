@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from workers.seeds import draw_noise
+from novarch_batch.workers.seeds import draw_noise
 
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]  # (step index, x_t, predicted x0)
@@ -40,7 +40,7 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, a_t: float, clip: bool) -> to
     return x0.clamp(-1, 1) if clip else x0
 
 
-def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 1.0, callback: Callback = None):
+def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
     """Ancestral sampling of the reverse SDE (Ho et al. 2020, eq. 6-7, variance beta~_t)."""
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
@@ -99,7 +99,7 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators,
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
     """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step.
 
     With clip_sample the data prediction is clamped to [-1, 1] (diffusers' thresholding with
@@ -109,7 +109,7 @@ def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, ge
     return _dpmpp_2m(denoise, x, schedule, generators, False, callback)
 
 
-def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5; diffusers' "sde-dpmsolver++", midpoint).
 
     The same data-prediction multistep as dpmpp-2m, but each step solves the reverse SDE: it keeps
@@ -120,4 +120,5 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *
     return _dpmpp_2m(denoise, x, schedule, generators, True, callback)
 
 
+# Keyed like workers.spec.SAMPLER_OPTIONS, which names the optional arguments each one takes.
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp-2m": sample_dpmpp_2m, "dpmpp-2m-sde": sample_dpmpp_2m_sde}

@@ -1,10 +1,13 @@
 """What the driver and a sampler actor exchange: a shard to sample, and small stats back.
 
-Kept free of torch so the driver imports it without the sampler's dependencies.
+Kept free of torch so the driver imports it without the sampler's dependencies. The task carries
+the job's SamplingConfig whole: no option is re-typed between the CLI and the Parquet rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from novarch_batch.workers.spec import SamplingConfig
 
 FAULT_ENV = "NOVARCH_FAULT_FAIL_SHARDS"  # test-only fault hook: comma-separated shard indices that always fail
 
@@ -16,12 +19,7 @@ class ShardTask:
     shard: int
     start: int
     stop: int
-    class_name: str
-    sampler: str
-    steps: int
-    guidance: float
-    eta: float
-    seed: int
+    sampling: SamplingConfig
     batch_size: int
     created_at: str  # the job's creation time (ISO 8601): every row gets it, so re-runs write identical bytes
     embed_images: bool = False

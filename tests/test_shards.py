@@ -1,8 +1,8 @@
-"""Shard-plan arithmetic: every id in exactly one shard, shards contiguous and bounded."""
+"""Shard arithmetic: every id in exactly one shard, shards contiguous and bounded."""
 from hypothesis import given, strategies as st
 
-from pipeline.plan import missing_shards, num_shards, shard, shard_of
-from pipeline.spec import auto_shard_size
+from novarch_batch.pipeline.shards import missing_shards, num_shards, shard, shard_of
+from novarch_batch.pipeline.spec import auto_shard_size
 
 
 @given(count=st.integers(1, 50_000), size=st.integers(1, 5_000))

@@ -30,13 +30,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from pipeline.storage import StorageError, join
+from novarch_batch.storage.base import UPLOAD_CONCURRENCY, StorageError, join
 
 DEFAULT_REGION = "us-east-1"  # SeaweedFS and most S3-compatible stores accept any region; AWS needs one
-UPLOAD_POOL_SIZE = 16  # threads per actor uploading images (the bounded pool in workers/)
 # One connection per upload thread, plus a few for the shard's Parquet PUT, lists and reads,
 # so no thread waits on urllib3's pool (botocore's default of 10 would serialise the uploads).
-MAX_POOL_CONNECTIONS = UPLOAD_POOL_SIZE + 4
+MAX_POOL_CONNECTIONS = UPLOAD_CONCURRENCY + 4
 # Standard retry mode with 10 attempts: non-throttling back-off is rand * 0.05 s * 2**i, so ten
 # attempts ride out a store outage of roughly 10-25 s before the driver's shard retry takes over.
 DATA_MAX_ATTEMPTS = 10
@@ -378,11 +377,3 @@ def storage_options_for_polars(*, endpoint_url: str | None = None, region: str |
         if endpoint_url.startswith("http://"):
             options["aws_allow_http"] = "true"  # the embedded server speaks plain HTTP on loopback
     return options
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,31 +1,11 @@
-"""One storage interface for every output location: a local folder or S3.
-
-Keys are always '/'-separated and relative to the storage root (the job folder or the
-``--out`` prefix). Every ``put_bytes`` is atomic: a reader sees either nothing or the whole
-object, which is what lets a shard's Parquet file act as its commit (DESIGN.md).
-"""
+"""A local (or mounted) folder behind the Storage interface."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlparse
 
-
-class StorageError(RuntimeError):
-    """A storage operation failed; the message names the fix and holds no secret."""
-
-
-class Storage(Protocol):
-    url: str
-
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def get_bytes(self, key: str) -> bytes: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str = "") -> list[str]: ...
-    def delete(self, key: str) -> None: ...
-    def child(self, prefix: str) -> "Storage": ...
+from novarch_batch.storage.base import StorageError
 
 
 class LocalStorage:
@@ -88,24 +68,3 @@ class LocalStorage:
             raise StorageError(f"--out {self.url}: {probe} is a file, not a folder; choose another --out")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise StorageError(f"--out {self.url}: {probe} is not writable; choose a folder you can write to")
-
-
-SCHEMES = ("file", "s3")
-
-
-def open_storage(url: str) -> Storage:
-    """Storage for a local path, ``file://`` URL or ``s3://bucket/prefix``."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return LocalStorage(parsed.path if parsed.scheme == "file" else url)
-    if parsed.scheme == "s3":
-        from pipeline.s3 import S3Storage
-
-        return S3Storage.from_url(url)
-    raise StorageError(
-        f"--out {url}: unknown scheme '{parsed.scheme}://'; use a local path, file://PATH or s3://BUCKET/PREFIX"
-    )
-
-
-def join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts if p]])

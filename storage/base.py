@@ -1,0 +1,42 @@
+"""What every output location offers: the Storage interface, its error, key joining and checksums.
+
+Keys are always '/'-separated and relative to the storage root (the job folder or the
+``--out`` prefix). Every ``put_bytes`` is atomic: a reader sees either nothing or the whole
+object, which is what lets a shard's Parquet file act as its commit (DESIGN.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Protocol
+
+# Threads per actor that encode and upload images; the S3 client keeps one connection for each
+# (storage.s3), so both sides read this one number.
+UPLOAD_CONCURRENCY = 16
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the fix and holds no secret."""
+
+
+class Storage(Protocol):
+    url: str
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, key: str) -> None: ...
+    def child(self, prefix: str) -> "Storage": ...
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,71 @@
+"""The one spec: its fields make the CLI's options, travel as JSON, and become Parquet columns."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from click.testing import CliRunner
+
+from novarch_batch.pipeline.cli import cli
+from novarch_batch.pipeline.spec import build_spec
+from novarch_batch.workers import shard_format
+from novarch_batch.workers.spec import JobSpec, OutputConfig, RunConfig, SamplingConfig, SpecError, flag_name
+
+
+def test_every_sampling_column_is_in_the_parquet_schema():
+    columns = SamplingConfig().columns()
+    assert set(columns) == {"class_label", "sampler", "steps", "guidance", "eta"}
+    assert set(columns) <= set(shard_format.SCHEMA.names)
+
+
+def test_submit_has_one_option_per_spec_field_with_the_dataclass_default():
+    help_text = CliRunner().invoke(cli, ["submit", "--help"], terminal_width=400).output
+    for config in (SamplingConfig, OutputConfig, RunConfig):
+        for f in fields(config):
+            assert flag_name(f) in help_text
+            if f.default not in (None, False, 0) or f.metadata.get("show"):
+                assert f"[default: {f.metadata.get('show') or f.default}]" in help_text
+
+
+def test_defaults_come_from_the_dataclasses(tmp_path):
+    spec = build_spec(count=100, out=str(tmp_path))
+    assert spec.sampling == SamplingConfig() and spec.run == RunConfig()
+    assert spec.output == OutputConfig(out=str(tmp_path), shard_size=64)
+
+
+def test_json_round_trip_and_unknown_keys_refused(tmp_path):
+    spec = build_spec(count=10, out=str(tmp_path), sampler="ddim", eta=0.3, class_name="house", actors=3)
+    data = spec.to_dict()
+    assert JobSpec.from_dict(data) == spec
+    data["sampling"]["temperature"] = 2.0
+    with pytest.raises(TypeError):
+        JobSpec.from_dict(data)
+
+
+def test_an_option_the_sampler_does_not_read_is_refused_and_never_hashed(tmp_path):
+    with pytest.raises(SpecError, match="--eta is used by --sampler ddim only, not dpmpp-2m-sde"):
+        build_spec(count=10, out=str(tmp_path), eta=0.5)
+    plain = build_spec(count=10, out=str(tmp_path))
+    assert build_spec(count=10, out=str(tmp_path), eta=0.0).job_id == plain.job_id
+    ddim = build_spec(count=10, out=str(tmp_path), sampler="ddim")
+    assert build_spec(count=10, out=str(tmp_path), sampler="ddim", eta=0.5).job_id != ddim.job_id
+
+
+def test_classes_come_from_the_models_own_metadata(tmp_path, model_dir):
+    """A model whose novarch.json names other classes is usable with those classes."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / "novarch.json").read_text())
+    (folder / "novarch.json").write_text(json.dumps({**meta, "classes": ["tower", "cottage"]}))
+    spec = build_spec(count=8, out=str(tmp_path / "out"), model=str(folder), class_name="cottage")
+    assert spec.sampling.class_name == "cottage"
+    with pytest.raises(SpecError, match="--class must be one of tower, cottage, any"):
+        build_spec(count=8, out=str(tmp_path / "out"), model=str(folder), class_name="house")
+
+
+def test_unknown_build_spec_option_is_a_programming_error(tmp_path):
+    with pytest.raises(TypeError, match="workers"):
+        build_spec(count=8, out=str(tmp_path), workers=2)

@@ -1,0 +1,164 @@
+"""The job spec, torch-free: what an image is (SamplingConfig), where the job lands (OutputConfig)
+and how it runs (RunConfig), combined in one frozen JobSpec.
+
+One definition serves every layer: the CLI builds its options from these fields (flag, default,
+help, choices), the driver hashes the spec and ships it whole to the actors and to a cluster's
+Jobs API as JSON, the actor samples from it, and every Parquet row carries the SamplingConfig's
+columns. Adding a sampling option is a field here, its use in the sampler, and its column in
+``shard_format``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+# Which optional SamplingConfig fields each sampler reads; setting one for a sampler that
+# ignores it is refused, so an option never changes a job id without changing its images.
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "ddpm": (),
+    "ddim": ("eta",),
+    "dpmpp-2m": (),
+    "dpmpp-2m-sde": (),
+}
+ANY_CLASS = "any"  # unconditional: each image drifts to the kind of image it finds
+SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it means the same on every machine
+MAX_STEPS = 1000  # the model's number of training timesteps
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SpecError(ValueError):
+    """Bad user input; the message names the flag and the fix (CLI exit code 2)."""
+
+
+def option(default, help: str, *, flag: str | None = None, metavar: str | None = None, choices=None,
+           column: str | None = "", show: str | None = None):
+    """A spec field that is also a `submit` option.
+
+    flag: the CLI name (default --field-name); column: its Parquet column ("" = the field's name,
+    None = not a column); show: the default as --help shows it, when the stored one is a sentinel.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "choices": choices,
+                                            "column": column, "show": show})
+
+
+def flag_name(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    class_name: str = option(ANY_CLASS, "Requested class: one of the model's classes (the shipped model: building, "
+                             "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
+                             flag="--class", metavar="CLASS", column="class_label")
+    sampler: str = option("dpmpp-2m-sde", "Reverse sampler; dpmpp-2m-sde gives this model DDPM-20 quality in 10 steps "
+                          "(BENCHMARKS.md).", choices=tuple(SAMPLER_OPTIONS))
+    steps: int = option(10, "Sampler steps (network evaluations per image, x2 with guidance).", metavar="K")
+    guidance: float = option(2.0, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.", metavar="G")
+    eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
+    seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
+
+    def validate(self, classes: tuple[str, ...]) -> None:
+        """Refuse what the model or the sampler cannot do; `classes` are the model's own."""
+        _check(self.class_name in (*classes, ANY_CLASS),
+               f"--class must be one of {', '.join((*classes, ANY_CLASS))} (the model's classes), got '{self.class_name}'")
+        _check(self.sampler in SAMPLER_OPTIONS, f"--sampler must be one of {', '.join(SAMPLER_OPTIONS)}, got '{self.sampler}'")
+        _check(self.steps > 0, f"--steps must be a positive integer, got {self.steps}")
+        _check(self.steps <= MAX_STEPS, f"--steps must be at most {MAX_STEPS} (the model's training timesteps), got {self.steps}")
+        _check(math.isfinite(self.guidance) and self.guidance >= 0,
+               f"--guidance must be a number >= 0 (1 = conditional, 0 = unconditional), got {self.guidance}")
+        _check(math.isfinite(self.eta) and self.eta >= 0, f"--eta must be a number >= 0 (0 = deterministic DDIM), got {self.eta}")
+        _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
+        defaults = SamplingConfig()
+        for name in OPTIONAL_FIELDS:
+            if getattr(self, name) != getattr(defaults, name) and name not in SAMPLER_OPTIONS[self.sampler]:
+                users = [s for s, used in SAMPLER_OPTIONS.items() if name in used]
+                raise SpecError(f"{flag_name(FIELDS[name])} is used by --sampler {' or '.join(users)} only, not {self.sampler}; "
+                                f"drop it or choose that sampler")
+
+    def sampler_kwargs(self) -> dict:
+        """The optional fields this sampler reads, as keyword arguments of its function."""
+        return {name: getattr(self, name) for name in SAMPLER_OPTIONS[self.sampler]}
+
+    def columns(self) -> dict:
+        """Parquet column name -> value, the same for every row of the job."""
+        return {(f.metadata["column"] or f.name): getattr(self, f.name) for f in fields(self) if f.metadata["column"] is not None}
+
+
+FIELDS = {f.name: f for f in fields(SamplingConfig)}
+OPTIONAL_FIELDS = tuple(sorted({name for used in SAMPLER_OPTIONS.values() for name in used}))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    out: str = option("./novarch-out", "Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in "
+                      "<out>/<job_id>/.", metavar="PATH|URL")
+    shard_size: int = option(0, "Images per shard (one Parquet file each).", metavar="M", show="count/32 clamped to 64..1000")
+    embed_images: bool = option(False, "Store PNG bytes in the Parquet rows (one object per shard) instead of one file per image.")
+
+    def validate(self) -> None:
+        _check(self.shard_size > 0, f"--shard-size must be a positive integer, got {self.shard_size}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the job runs; none of it changes the images, so none of it is in the job id."""
+
+    actors: int = option(0, "Sampler actors.", metavar="N", show="one per GPU, or one single-thread actor per CPU core")
+    batch_size: int = option(64, "Micro-batch size inside an actor.", metavar="B")
+    ray_address: str | None = option(None, "Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting "
+                                     "a local Ray.", metavar="ADDR")
+    device: str = option("auto", "Where actors run the network.", choices=DEVICES)
+
+    def validate(self) -> None:
+        _check(self.actors >= 0, f"--actors must be a positive integer, got {self.actors}")
+        _check(self.batch_size > 0, f"--batch-size must be a positive integer, got {self.batch_size}")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    count: int
+    model: str  # SHIPPED_MODEL, an absolute model folder, or s3://…
+    model_sha256: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    job_id: str = ""
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.count / self.output.shard_size)
+
+    def identity(self) -> dict:
+        """What determines the dataset's content; actors, batch size and addresses do not."""
+        return {
+            "count": self.count,
+            "model_sha256": self.model_sha256,
+            "sampling": asdict(self.sampling),
+            "shard_size": self.output.shard_size,
+            "embed_images": self.output.embed_images,
+        }
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        """The inverse of to_dict (job.json, the Jobs API); unknown keys are refused, not dropped."""
+        parts = {"sampling": SamplingConfig, "output": OutputConfig, "run": RunConfig}
+        return cls(**{k: parts[k](**v) if k in parts else v for k, v in data.items()})
+
+
+def defaults_of(config: type) -> dict:
+    return {f.name: f.default for f in fields(config) if f.default is not MISSING}
