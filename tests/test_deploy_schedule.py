@@ -37,12 +37,12 @@ def cronjob_container() -> dict:
     return container
 
 
-def scheduled_command() -> list[str]:
+def scheduled_command(overrides: dict[str, str] = SIZE_OVERRIDES) -> list[str]:
     container = cronjob_container()
     command, args = container["command"], list(container["args"])
     assert command == ["/bin/sh", "-c"] and len(args) == 1
     script = args[0]
-    for flag, small in SIZE_OVERRIDES.items():
+    for flag, small in overrides.items():
         assert script.count(flag) == 1, f"the manifest's script no longer has exactly one {flag!r}"
         script = script.replace(flag, small)
     return [*command, script]
@@ -103,16 +103,20 @@ def head(s3_server, tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def run_schedule(head, out: str, home: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """The CronJob pod: the manifest's env, with the head Service, the bucket and the Secret's value
-    replaced by the local head, the test's S3 prefix and the local head's token. No AWS keys."""
+def schedule_env(head, out: str, home: Path) -> dict[str, str]:
+    """The CronJob pod's environment: the manifest's env, with the head Service, the bucket and the
+    Secret's value replaced by the local head, the test's S3 prefix and the local head's token. No AWS keys."""
     address, token = head
     env = {}
     for var in cronjob_container()["env"]:
         env[var["name"]] = var.get("value", "")
     assert env["NOVARCH_CLUSTER"].startswith("http://novarch-batch-head-svc.") and env["NOVARCH_OUT"].startswith("s3://")
     env.update(NOVARCH_CLUSTER=address, NOVARCH_OUT=out, RAY_AUTH_TOKEN=token)
-    return subprocess.run(scheduled_command(), capture_output=True, text=True, timeout=timeout, env=clean_env(env, home))
+    return clean_env(env, home)
+
+
+def run_schedule(head, out: str, home: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(scheduled_command(), capture_output=True, text=True, timeout=timeout, env=schedule_env(head, out, home))
 
 
 def cli(*args: str, env: dict[str, str], home: Path) -> subprocess.CompletedProcess:
@@ -192,3 +196,30 @@ def test_the_cluster_refuses_the_schedule_without_the_token(head, s3_url, tmp_pa
     done = run_schedule((address, "not-the-token"), s3_url, tmp_path, timeout=120)
     assert done.returncode != 0
     assert "authentication failed" in done.stderr or "Unauthorized" in done.stderr + done.stdout
+
+
+def test_sigterm_to_the_pod_stops_the_nights_ray_job(head, s3_url, tmp_path):
+    """What the Job's activeDeadlineSeconds does: SIGTERM to the container. The script's trap must
+    stop the Ray job too, or the GPUs would run on past the deadline."""
+    address, token = head
+    env = schedule_env(head, s3_url, tmp_path)
+    long_night = {"--count 100000": "--count 20000 --steps 2 --shard-size 500", "--device cuda": "--device cpu"}
+    pod = subprocess.Popen(scheduled_command(long_night), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tonight = f"nightly-{time.strftime('%Y%m%d', time.gmtime())}-"
+
+    def states() -> list[str]:
+        listing = cli("jobs", "list", "--cluster", address, env={"RAY_AUTH_TOKEN": token}, home=tmp_path)
+        return [line.split("\t")[1] for line in listing.stdout.splitlines() if line.startswith(tonight)]
+
+    try:
+        wait_for(lambda: any("RUNNING" in s for s in states()), 120, "the night's Ray job to run", interval=1.0)
+        os.kill(pod.pid, signal.SIGTERM)  # the shell only, as the kubelet signals the container's PID 1
+        out, err = pod.communicate(timeout=60)
+        assert pod.returncode == 143, out[-2000:] + err[-2000:]
+        wait_for(lambda: (s := states()) and not any("RUNNING" in x or "PENDING" in x for x in s), 60, "the Ray job to stop", interval=1.0)
+        assert any("STOPPED" in s for s in states())
+    finally:
+        try:
+            os.killpg(pod.pid, signal.SIGKILL)  # whatever the script left in its process group
+        except ProcessLookupError:
+            pass
