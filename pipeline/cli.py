@@ -63,6 +63,10 @@ def submit(count, job_id, model, dry_run, cluster, wait, as_json, **options):
 
 def run_job(spec, as_json: bool) -> None:
     """Run a validated spec on this machine's Ray (or --ray-address) and print its report."""
+    if spec.run.ray_address:
+        from novarch_batch.pipeline.auth import enable_token_auth
+
+        enable_token_auth()  # before Ray is imported: a running cluster has token auth on
     from novarch_batch.pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
     from novarch_batch.pipeline.lease import JobBusy
     from novarch_batch.pipeline.progress import Progress
@@ -112,13 +116,11 @@ def run_spec(spec_json):
 def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
     from novarch_batch.pipeline import jobs
     from novarch_batch.storage import join
-    from novarch_batch.workers.spec import SHIPPED_MODEL
 
-    if spec.model != SHIPPED_MODEL and not spec.model.startswith("s3://"):
-        fail(f"--model {spec.model}: a local folder does not reach the cluster; upload it "
-             f"(aws s3 cp --recursive {spec.model} s3://BUCKET/models/NAME) and pass --model s3://BUCKET/models/NAME", EXIT_USAGE)
-
-    output_url = join(jobs.absolute_out(spec.output.out), spec.job_id)
+    problem = jobs.refusal(spec)
+    if problem:
+        fail(problem, EXIT_USAGE)
+    output_url = join(spec.output.out, spec.job_id)
     try:
         submission = jobs.submit(address, spec, output_url)
     except jobs.ClusterError as e:

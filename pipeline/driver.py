@@ -14,15 +14,16 @@ import ray
 
 from novarch_batch.pipeline import cluster, manifest
 from novarch_batch.pipeline.lease import Lease
+from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
 from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
 from novarch_batch.workers.spec import JobSpec
 from novarch_batch.storage import join, open_storage
 from novarch_batch.workers.actor import ShardActor
-from novarch_batch.workers.tasks import FAULT_ENV, ShardResult, ShardTask
+from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
 
-FORWARDED_ENV = (FAULT_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
+FORWARDED_ENV = (FAULT_ENV, FORCE_DEVICE_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
 
 
 @dataclass
@@ -34,15 +35,20 @@ class JobReport:
     shards_skipped: int = 0
     shards_sampled: int = 0
     images_sampled: int = 0
-    retries: int = 0
+    retries: int = 0  # shard attempts that failed with the shard's own error
+    preemptions: int = 0  # actors lost under their shards (node gone): not shard attempts
+    startup_failures: int = 0  # actors whose own start-up raised
     actors_replaced: int = 0
     actors: str = ""
     seconds: float = 0.0
+    started_at: float = 0.0  # wall clock (epoch seconds) when the driver started; the *_seconds fields count from it
     startup_seconds: float = 0.0  # until the first actor had loaded the model (Ray start included)
+    actor_ready_seconds: list[float] = field(default_factory=list)  # since the start, as each actor became ready
     sample_seconds: float = 0.0
     images_per_second: float = 0.0
     complete: bool = False
     recovery_seconds: list[float] = field(default_factory=list)  # per failed shard: first failure to commit
+    shards_by_actor: dict[str, int] = field(default_factory=dict)  # "host:node:pid" -> shards it committed
     driver_peak_rss_mb: float = 0.0  # this process only: its memory must not grow with --count
     errors: list[str] = field(default_factory=list)
 
@@ -83,7 +89,8 @@ def release() -> None:
 def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
     committed = manifest.committed_shards(job)
     todo = missing_shards(spec.count, spec.output.shard_size, committed)
-    report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo))
+    report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo),
+                       started_at=round(time.time() - (time.perf_counter() - started), 3))
     checksums: dict[int, str] = {}
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
@@ -103,22 +110,30 @@ def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
 
 
 def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started) -> None:
-    cluster.connect(spec.run.ray_address)
-    resources = cluster.actor_resources(spec.run.actors, spec.run.device)
+    local = cluster.connect(spec.run.ray_address)
+    resources = cluster.actor_resources(spec.run, local=local)
     actors = min(resources.actors, len(todo))  # never more actors than shards left to sample
     report.actors = resources.describe()
+    metrics = JobMetrics(spec.job_id)
     options = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_restarts=0, max_concurrency=IN_FLIGHT)
     forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}
     actor_cls = ray.remote(ShardActor).options(**options)
+    if resources.gpus and not local:
+        cluster.request_gpus(min(resources.gpus, -(-actors // spec.run.actors_per_gpu)))  # nodes boot in parallel, from zero
+        progress.note(f"asking for {resources.gpus} GPU(s): the cluster has {resources.gpus_now}; "
+                      f"the job starts on the first GPU actor that is ready and grows as nodes join")
 
     def on_done(shard: Shard, result: ShardResult) -> None:
         report.shards_sampled += 1
         report.images_sampled += result.images
         report.sample_seconds += result.sample_seconds
         checksums[shard.index] = result.checksum
+        report.shards_by_actor[result.worker] = report.shards_by_actor.get(result.worker, 0) + 1
         progress.advance(result.images)
+        metrics.add("images_total", result.images)
+        metrics.add("shards_committed_total")
 
     scheduler = ShardScheduler(
         make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256),
@@ -126,11 +141,19 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
         on_done=on_done,
         note=progress.note,
+        placement_timeout=spec.run.placement_timeout,
+        describe_unplaced=resources.unplaced,
+        on_event=lambda name, n: metrics.add(f"{'shard_retries' if name == 'retries' else name}_total", n),
+        on_tick=lambda scheduler: progress.tick(scheduler.pool_status),
     )
     try:
         scheduler.run(todo)
     finally:
-        report.retries, report.actors_replaced = scheduler.retries, scheduler.replaced
+        if resources.gpus and not local:
+            cluster.request_gpus(0)  # stop holding GPU nodes: the autoscaler lets them go when idle
+        report.retries, report.preemptions, report.startup_failures = scheduler.retries, scheduler.preemptions, scheduler.startup_failures
+        report.actors_replaced = scheduler.replaced
         report.startup_seconds = round((scheduler.first_ready or time.perf_counter()) - started, 3)
+        report.actor_ready_seconds = [round(t - started, 2) for t in scheduler.ready_times]
         report.errors = scheduler.errors
         report.recovery_seconds = scheduler.recoveries

@@ -6,6 +6,7 @@ token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token and is never printed.
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -13,14 +14,18 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from novarch_batch.workers.spec import JobSpec
+from novarch_batch.pipeline.auth import enable_token_auth
+from novarch_batch.workers.spec import SHIPPED_MODEL, JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60  # how long a freshly started head may take to accept jobs
+# Where the store is and how to reach it travel with the job; credentials never do: the cluster's
+# nodes use their own (an instance profile, IRSA, or keys set on the nodes).
+TRAVELLING_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "NOVARCH_S3_MAX_ATTEMPTS")
 PACKAGES = ("pipeline", "workers", "storage")  # what the job's driver and actors import; training stays home
 
 
@@ -28,15 +33,8 @@ class ClusterError(RuntimeError):
     """The cluster could not be reached or refused the request; the message names the fix."""
 
 
-def _enable_token_auth() -> None:
-    """Ray reads RAY_AUTH_MODE when it is imported: turn token mode on when a token is at hand."""
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
 def client(address: str):
-    _enable_token_auth()
+    enable_token_auth()
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -59,16 +57,15 @@ def project_package(staging: Path) -> str:
     return str(package)
 
 
-def absolute_out(out: str) -> str:
-    """A local --out as an absolute path (the job's driver runs in another working folder)."""
-    if urlparse(out).scheme in ("", "file"):
-        return str(Path(urlparse(out).path if out.startswith("file://") else out).expanduser().absolute())
-    return out
-
-
-def cluster_spec(spec: JobSpec) -> JobSpec:
-    """The spec as the head will run it: the same job (same id and hash), with a local --out made absolute."""
-    return replace(spec, output=replace(spec.output, out=absolute_out(spec.output.out)))
+def refusal(spec: JobSpec) -> str | None:
+    """Why this spec cannot run on a cluster as given, naming the fix; None when it can."""
+    if urlparse(spec.output.out).scheme in ("", "file"):
+        return (f"--out {spec.output.out}: a local folder is on this machine, not on the cluster's nodes; "
+                f"use --out s3://BUCKET/PREFIX with --cluster")
+    if spec.model != SHIPPED_MODEL and not spec.model.startswith("s3://"):
+        return (f"--model {spec.model}: a local folder does not reach the cluster; upload it "
+                f"(aws s3 cp --recursive {spec.model} s3://BUCKET/models/NAME) and pass --model s3://BUCKET/models/NAME")
+    return None
 
 
 def entrypoint(spec: JobSpec) -> str:
@@ -86,12 +83,12 @@ class Submission:
 def submit(address: str, spec: JobSpec, output_url: str) -> Submission:
     jobs = client(address)
     with tempfile.TemporaryDirectory(prefix="novarch-job-") as staging:
-        return _submit(jobs, address, cluster_spec(spec), output_url, project_package(Path(staging)))
+        return _submit(jobs, address, spec, output_url, project_package(Path(staging)))
 
 
 def _submit(jobs, address: str, spec: JobSpec, output_url: str, package: str) -> Submission:
     submission_id = f"{spec.job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    env_vars = {k: os.environ[k] for k in ("NOVARCH_S3_MAX_ATTEMPTS",) if k in os.environ}  # never credentials
+    env_vars = {k: os.environ[k] for k in TRAVELLING_ENV if os.environ.get(k)}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
@@ -110,16 +107,17 @@ def _submit(jobs, address: str, spec: JobSpec, output_url: str, package: str) ->
             time.sleep(1.0)
 
 
-def follow(address: str, submission_id: str, echo, poll_s: float = 1.0) -> str:
-    """Print the job's log as it grows; return its terminal status."""
+def follow(address: str, submission_id: str, echo) -> str:
+    """Stream the job's log as it is written (the Jobs API's log websocket); return its terminal status."""
     jobs = client(address)
-    shown = 0
-    while True:
+
+    async def stream() -> None:
+        async for chunk in jobs.tail_job_logs(submission_id):
+            echo(chunk.rstrip("\n"))
+
+    asyncio.run(stream())  # ends when the job does
+    status = str(jobs.get_job_status(submission_id).value)
+    while status not in TERMINAL:  # the stream can close a moment before the status is final
+        time.sleep(0.5)
         status = str(jobs.get_job_status(submission_id).value)
-        logs = jobs.get_job_logs(submission_id)
-        if len(logs) > shown:
-            echo(logs[shown:].rstrip("\n"))
-            shown = len(logs)
-        if status in TERMINAL:
-            return status
-        time.sleep(poll_s)
+    return status

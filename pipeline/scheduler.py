@@ -1,13 +1,18 @@
-"""Run shards on a pool of sampler actors: bounded retries, dead actors replaced.
+"""Run shards on an elastic pool of sampler actors: bounded retries, lost actors replaced.
 
-An actor slot is *starting* until its ``ping`` answers, then *ready* for up to ``IN_FLIGHT`` shards.
-A replacement that cannot be placed yet (a lost node, an autoscaler still adding one) simply stays
-starting while the other actors take the work, so losing a node never deadlocks the job.
+An actor slot is *pending* until Ray places it (a GPU node may still be booting), *starting*
+while it loads the model, then *ready* for up to ``IN_FLIGHT`` shards. Every actor that becomes
+ready joins the running job at once, so a job starts on its first GPU and grows as the
+autoscaler adds nodes. Losing an actor (a node gone, a spot preemption) puts only its in-flight
+shards back at the front of the queue and is not a shard attempt; only a shard's own error is.
+Nothing waits forever: an actor whose start-up fails is replaced a bounded number of times, and
+a pool with no ready actor fails the job once ``placement_timeout`` has passed.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 import ray
@@ -16,6 +21,7 @@ from novarch_batch.pipeline.shards import Shard
 from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
+MAX_STARTUP_FAILURES = 3  # actors whose own start-up raised (CUDA mismatch, bad model): then the job fails with that error
 RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
 IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
@@ -25,24 +31,46 @@ class JobFailed(RuntimeError):
     """The job could not complete; committed shards stay, so the same command resumes it."""
 
 
+@dataclass(frozen=True)
+class PoolStatus:
+    ready: int
+    starting: int  # placed on a node, loading the model
+    pending: int  # not placed yet: waiting for a node with the resources
+
+    def text(self) -> str:
+        return f"actors {self.ready} ready / {self.starting} starting / {self.pending} pending"
+
+
+def first_line_of_cause(error: BaseException) -> str:
+    """'ValueError: boom' out of Ray's multi-line actor-death message (its last non-blank line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith("^")]
+    return lines[-1] if lines else type(error).__name__
+
+
 class ShardScheduler:
     def __init__(self, make_actor: Callable[[], object], actors: int, make_task: Callable[[Shard], ShardTask],
-                 on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None]):
+                 on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None],
+                 placement_timeout: float = 600.0, describe_unplaced: Callable[[], str] = lambda: "no actor could be placed",
+                 on_event: Callable[[str, int], None] = lambda name, n: None,
+                 on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None):
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
+        self.placement_timeout, self.describe_unplaced, self.on_event, self.on_tick = placement_timeout, describe_unplaced, on_event, on_tick
         self.actors: list = []
         self.starting: dict[ray.ObjectRef, int] = {}  # ping ref -> slot
         self.running: dict[ray.ObjectRef, tuple[int, Shard, object]] = {}  # run_shard ref -> (slot, shard, actor)
         self.in_flight: dict[int, int] = {}  # ready slot (model loaded) -> shards handed to it and not yet answered
         self.queue: deque[Shard] = deque()
-        self.attempts: dict[int, int] = {}
+        self.attempts: dict[int, int] = {}  # shard -> attempts that ended in the shard's own error, or are running
         self.failed_on: dict[int, set[int]] = {}  # shard -> slots it failed on, so a retry goes elsewhere
         self.not_before: dict[int, float] = {}  # shard -> monotonic time its retry may start
-        self.retries = self.replaced = 0
+        self.retries = self.replaced = self.preemptions = self.startup_failures = 0
         self.errors: list[str] = []
         self.fatal: str | None = None
         self.failed_at: dict[int, float] = {}  # shard -> perf_counter of its first failure
         self.recoveries: list[float] = []  # seconds from a shard's failure to its commit
         self.first_ready: float | None = None  # perf_counter when the first actor had loaded its model
+        self.ready_times: list[float] = []  # perf_counter of each actor's readiness, replacements included
+        self.unserved_since = time.monotonic()  # since when no actor has been ready (None while one is)
         for _ in range(actors):
             self.actors.append(None)
             self._start(len(self.actors) - 1)
@@ -57,6 +85,19 @@ class ShardScheduler:
         self.in_flight.pop(slot, None)
         self.replaced += 1
         self._start(slot)
+
+    def pool_status(self) -> PoolStatus:
+        """Ready, starting and pending actors; asks Ray's control store about the slots not ready yet."""
+        from ray._private.state import state  # the GCS actor table: no dashboard needed (the driver runs without one)
+
+        starting = pending = 0
+        for slot in self.starting.values():
+            try:
+                placed = state.actor_table(self.actors[slot]._actor_id.hex()).get("Pid", 0) > 0
+            except Exception:  # a private API: if it changes, count the actor as starting rather than fail the job
+                placed = True
+            starting, pending = starting + placed, pending + (not placed)
+        return PoolStatus(len(self.in_flight), starting, pending)
 
     def _next_shard(self, slot: int) -> Shard | None:
         """The first due shard that has not failed on this slot, else the first due one.
@@ -94,7 +135,7 @@ class ShardScheduler:
         """Sample every shard or raise JobFailed; the actors are killed on the way out."""
         self.queue.extend(shards)
         try:
-            while self.running or self.queue:
+            while (self.running or self.queue) and not (self.fatal and not self.running):
                 waiting = list(self.running) + list(self.starting)
                 done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
                 for ref in done:
@@ -102,51 +143,97 @@ class ShardScheduler:
                         self._started(ref)
                     else:
                         self._finished(ref)
-                self._dispatch()
+                self._check_placement()
+                if not self.fatal:
+                    self._dispatch()
+                self.on_tick(self)
         finally:
             for actor in self.actors:  # also on Ctrl-C: uncommitted shards are sampled again next run
                 ray.kill(actor, no_restart=True)
         if self.fatal:
-            raise JobFailed(f"{self.fatal}; gave up after {MAX_ATTEMPTS} attempts. Committed shards are kept: "
-                            f"fix the cause and re-run the same command to resume")
+            raise JobFailed(f"{self.fatal}. Committed shards are kept: fix the cause and re-run the same command to resume")
+
+    def _check_placement(self) -> None:
+        """A job with work left and no ready actor for placement_timeout fails instead of waiting forever."""
+        if self.in_flight or self.running or not self.queue:
+            self.unserved_since = None
+            return
+        now = time.monotonic()
+        self.unserved_since = self.unserved_since or now
+        if now - self.unserved_since > self.placement_timeout and not self.fatal:
+            self.fatal = f"no sampler actor became ready within {self.placement_timeout:g} s ({self.describe_unplaced()})"
+            self.queue.clear()
 
     def _started(self, ref) -> None:
         slot = self.starting.pop(ref)
         try:
             ray.get(ref)
-            self.in_flight[slot] = 0
-            self.first_ready = self.first_ready or time.perf_counter()
-        except ACTOR_DIED:
-            self._replace(slot)  # died while loading (its node went away): try again elsewhere
+        except ACTOR_DIED as e:
+            if getattr(e, "actor_init_failed", False):
+                self._startup_failed(slot, first_line_of_cause(e))
+            else:
+                self.preemptions += 1  # its node went away while it loaded: try again elsewhere
+                self.on_event("preemptions", 1)
+                self._replace(slot)
+            return
+        self.in_flight[slot] = 0
+        self.ready_times.append(time.perf_counter())
+        self.first_ready = self.first_ready or self.ready_times[-1]
+
+    def _startup_failed(self, slot: int, error: str) -> None:
+        self.startup_failures += 1
+        message = f"a sampler actor failed to start ({self.startup_failures}/{MAX_STARTUP_FAILURES}): {error}"
+        self.errors.append(message)
+        self.note(message)
+        if self.startup_failures >= MAX_STARTUP_FAILURES:
+            self.fatal = self.fatal or f"sampler actors failed to start {MAX_STARTUP_FAILURES} times; the last said: {error}"
+            self.queue.clear()
+        else:
+            self._replace(slot)
 
     def _finished(self, ref) -> None:
         slot, shard, actor = self.running.pop(ref)
-        actor_died = False
         try:
             result: ShardResult = ray.get(ref)
         except ACTOR_DIED as e:
-            result = ShardResult(shard.index, False, error=f"actor died: {type(e).__name__}")
-            actor_died = True
-            if self.actors[slot] is actor:  # the first of its shards to report the death replaces it
-                self._replace(slot)
-        else:
-            if self.actors[slot] is actor:  # a late answer from a replaced actor frees nothing
-                self.in_flight[slot] -= 1
+            self._lost(slot, shard, actor, e)
+            return
+        if self.actors[slot] is actor:  # a late answer from a replaced actor frees nothing
+            self.in_flight[slot] -= 1
         if result.ok:
             if shard.index in self.failed_at:
                 self.recoveries.append(round(time.perf_counter() - self.failed_at.pop(shard.index), 2))
             self.on_done(shard, result)
             return
+        self._shard_failed(slot, shard, result.error)
+
+    def _lost(self, slot: int, shard: Shard, actor, error: BaseException) -> None:
+        """The actor died under the shard (node lost, spot preemption): not the shard's fault, so the
+        attempt is handed back and the shard goes first in the queue, for the next ready actor."""
+        self.attempts[shard.index] -= 1
+        self.preemptions += 1
+        self.on_event("preemptions", 1)
+        self.failed_at.setdefault(shard.index, time.perf_counter())
+        message = (f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) lost with its actor "
+                   f"({type(error).__name__}); queued again, not counted as an attempt")
+        self.errors.append(message)
+        self.note(message)
+        if self.actors[slot] is actor:  # the first of its shards to report the death replaces it
+            self._replace(slot)
+        if not self.fatal:
+            self.queue.appendleft(shard)
+
+    def _shard_failed(self, slot: int, shard: Shard, error: str | None) -> None:
         self.failed_at.setdefault(shard.index, time.perf_counter())
         self.failed_on.setdefault(shard.index, set()).add(slot)
-        message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {self.attempts[shard.index]}/{MAX_ATTEMPTS} failed: {result.error}"
+        message = f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) attempt {self.attempts[shard.index]}/{MAX_ATTEMPTS} failed: {error}"
         self.errors.append(message)
         if self.attempts[shard.index] >= MAX_ATTEMPTS:
-            self.fatal = self.fatal or message
+            self.fatal = self.fatal or f"{message}; gave up after {MAX_ATTEMPTS} attempts"
             self.queue.clear()  # let the shards in flight finish and commit, start no more
         else:
             self.note(f"retrying {message}")
             self.retries += 1
-            if not actor_died:  # a dead actor says nothing about the shard: retry at once on a live one
-                self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
+            self.on_event("retries", 1)
+            self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
             self.queue.appendleft(shard)

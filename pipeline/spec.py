@@ -89,7 +89,7 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
     from novarch_batch.workers.model import ModelError, ModelInfo
 
     count = parse_count(count)
-    for name in ("actors", "shard_size"):  # 0 is the dataclass's "automatic"; a user who types 0 means a mistake
+    for name in ("actors", "gpus", "shard_size"):  # 0 is the dataclass's "automatic"; a user who types 0 means a mistake
         if name in options and options[name] is not None and options[name] <= 0:
             raise SpecError(f"--{name.replace('_', '-')} must be a positive integer, got {options[name]}")
     options = {k: v for k, v in options.items() if v is not None or k == "ray_address"}

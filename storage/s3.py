@@ -12,7 +12,6 @@ import mimetypes
 import os
 import threading
 import uuid
-from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3

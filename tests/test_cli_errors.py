@@ -67,10 +67,12 @@ def test_unwritable_out(tmp_path, monkeypatch, capsys):
     assert not target.exists()
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "pickle"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "pickle", "empty"])
 def test_bad_model_folder(kind, tmp_path, monkeypatch, capsys, model_dir):
     folder = tmp_path / "model"
-    if kind != "missing":
+    if kind == "empty":
+        folder.mkdir()
+    elif kind != "missing":
         folder.mkdir()
         for name in ("config.json", "scheduler_config.json"):
             (folder / name).write_bytes((model_dir / name).read_bytes())
@@ -82,7 +84,8 @@ def test_bad_model_folder(kind, tmp_path, monkeypatch, capsys, model_dir):
     code = run_cli(["--count", "8", "--model", str(folder), "--out", str(out)], monkeypatch, tmp_path)
     err = capsys.readouterr().err
     assert code == 2
-    expected = {"missing": "no such folder", "corrupt": "not a valid safetensors file", "pickle": "pickle checkpoint, which is refused"}[kind]
+    expected = {"missing": "no such folder", "corrupt": "not a valid safetensors file", "pickle": "pickle checkpoint, which is refused",
+                "empty": "missing config.json, diffusion_pytorch_model.safetensors, scheduler_config.json"}[kind]
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 

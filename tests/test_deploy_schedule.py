@@ -9,25 +9,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.procs import wait_for
+from tests.ray_head import ray_head
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Sizes for a 2-core CI machine instead of the manifest's night (and CPU instead of the GPU it asks for).
-SIZE_OVERRIDES = {"--count 100000": "--count 16 --steps 2 --shard-size 8", "--device cuda": "--device cpu"}
+SIZE_OVERRIDES = {"--count 100000": "--count 16 --steps 2 --shard-size 8", "--gpus 8": "--device cpu"}
 
 
 def cronjob_container() -> dict:
@@ -48,14 +46,6 @@ def scheduled_command(overrides: dict[str, str] = SIZE_OVERRIDES) -> list[str]:
     return [*command, script]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def clean_env(extra: dict[str, str], home: Path) -> dict[str, str]:
     """No AWS credentials or Ray token of the developer's own: only what is passed in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
@@ -70,37 +60,9 @@ def head(s3_server, tmp_path_factory):
     """A Ray head with token auth on (its token passed as RAY_AUTH_TOKEN, as KubeRay does) and the
     S3 keys in its environment, as the RayCluster's pods get them from IRSA."""
     token = secrets.token_hex(32)
-    temp_dir = tempfile.mkdtemp(prefix="nvd", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    dashboard = free_port()
     env = clean_env({**s3_server.env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, tmp_path_factory.mktemp("head-home"))
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-           "--include-dashboard=true", "--disable-usage-stats",
-           # Free ports only: the test session's own local Ray may hold the default agent ports.
-           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                                                     "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
-                                                     "object-manager-port")]]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-
-    def answers() -> bool:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            return True
-        except OSError as e:  # 401 without a token still proves the API is up
-            return getattr(e, "code", None) in (401, 403)
-
-    try:
-        wait_for(answers, 120, "the Ray head's Jobs API", interval=0.5)
+    with ray_head(env) as address:
         yield address, token
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def schedule_env(head, out: str, home: Path) -> dict[str, str]:
@@ -203,7 +165,7 @@ def test_sigterm_to_the_pod_stops_the_nights_ray_job(head, s3_url, tmp_path):
     stop the Ray job too, or the GPUs would run on past the deadline."""
     address, token = head
     env = schedule_env(head, s3_url, tmp_path)
-    long_night = {"--count 100000": "--count 20000 --steps 2 --shard-size 500", "--device cuda": "--device cpu"}
+    long_night = {"--count 100000": "--count 20000 --steps 2 --shard-size 500", "--gpus 8": "--device cpu"}
     pod = subprocess.Popen(scheduled_command(long_night), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     tonight = f"nightly-{time.strftime('%Y%m%d', time.gmtime())}-"
 

@@ -1,114 +1,119 @@
-"""Submit through the Ray Jobs API to a real Ray head started on loopback, then verify the output."""
+"""Submit through the Ray Jobs API to a real Ray head started on loopback, writing to the session's S3.
+
+The head plays a cluster node: it has the S3 keys of its own (an instance role) but not the
+endpoint, which must travel with the job from the laptop; the laptop's keys never travel. It
+registers one GPU that the actors do not really use (NOVARCH_FORCE_DEVICE=cpu), so the GPU path
+of the spec runs here too.
+"""
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from novarch_batch.pipeline.verify import verify
-from tests.procs import wait_for
+from novarch_batch.storage import open_storage
+from tests.ray_head import free_port, ray_head
 
-BIN = Path(sys.executable).parent
-CLI = str(BIN / "novarch-batch")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """`ray start --head --block` in its own process group, with token authentication left on."""
-    temp_dir = tempfile.mkdtemp(prefix="nvh", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    dashboard = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # the job's `python` is this environment's
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-           "--include-dashboard=true", "--disable-usage-stats",
-           # The test session's own local Ray holds the default agent ports: a head sharing them has no
-           # job agent ("No available agent to submit job"), so every port is a free one.
-           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                                                     "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
-                                                     "object-manager-port")]]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-
-    def answers() -> bool:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            return True
-        except OSError as e:  # 401 without a token still proves the API is up
-            return getattr(e, "code", None) in (401, 403)
-
-    try:
-        wait_for(answers, 120, "the Ray head's Jobs API", interval=0.5)
+def head(s3_server):
+    s3 = s3_server.env()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
+    env.update(AWS_ACCESS_KEY_ID=s3["AWS_ACCESS_KEY_ID"], AWS_SECRET_ACCESS_KEY=s3["AWS_SECRET_ACCESS_KEY"],
+               AWS_EC2_METADATA_DISABLED="true", NOVARCH_FORCE_DEVICE="cpu")
+    with ray_head(env, num_cpus=2, num_gpus=1) as address:
         yield address
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=10)
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ}
+@pytest.fixture
+def laptop_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The laptop: the store's endpoint and its own keys (which must not reach the cluster)."""
+    env = {**os.environ, **s3_server.env()}
     env.pop("RAY_AUTH_MODE", None)  # the CLI turns token mode on itself when the token is at hand
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)  # for verify() and reads in this process
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_submit_wait_and_verify(ray_head, tmp_path):
-    out = tmp_path / "out"
-    done = run_cli("submit", "--count", "24", "--steps", "2", "--shard-size", "8", "--out", str(out), "--cluster", ray_head, "--wait")
+def test_submit_wait_and_verify(head, laptop_env, s3_url):
+    done = run_cli(laptop_env, "submit", "--count", "24", "--steps", "2", "--shard-size", "8", "--out", s3_url, "--cluster", head, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])  # the job driver's --json line, followed from its log
+    summary = json.loads(done.stdout.strip().splitlines()[-1])  # the job driver's --json line, streamed from its log
     assert summary["complete"] and summary["images_sampled"] == 24
+    assert summary["actors"] == "1 GPU actor(s), one GPU each"
     result = verify(summary["url"], full=True)
     assert result.ok and result.rows == 24, result.problems
 
-    listing = run_cli("jobs", "list", "--cluster", ray_head)
+    listing = run_cli(laptop_env, "jobs", "list", "--cluster", head)
     assert listing.returncode == 0 and "SUCCEEDED" in listing.stdout
     submission = listing.stdout.split()[0]
-    status = run_cli("jobs", "status", submission, "--cluster", ray_head)
+    status = run_cli(laptop_env, "jobs", "status", submission, "--cluster", head)
     assert status.stdout.startswith(f"{submission}: SUCCEEDED")
-    logs = run_cli("jobs", "logs", submission, "--cluster", ray_head)
+    logs = run_cli(laptop_env, "jobs", "logs", submission, "--cluster", head)
     assert '"complete": true' in logs.stdout
 
 
-def test_submit_returns_at_once_and_a_resubmit_resumes(ray_head, tmp_path):
-    out = tmp_path / "out"
-    first = run_cli("submit", "--count", "16", "--steps", "2", "--out", str(out), "--cluster", ray_head, "--json")
+def test_the_endpoint_travels_and_the_keys_do_not(head, laptop_env, s3_url, s3_server):
+    first = run_cli(laptop_env, "submit", "--count", "8", "--steps", "1", "--out", s3_url, "--cluster", head, "--json")
+    assert first.returncode == 0, first.stderr
+    submission = json.loads(first.stdout)["submission_id"]
+    # What the cluster was given, asked in a process of its own: Ray reads RAY_AUTH_MODE when imported.
+    ask = ("import json, sys; from ray.job_submission import JobSubmissionClient as C; "
+           "i = C(sys.argv[1]).get_job_info(sys.argv[2]); print(json.dumps({'runtime_env': i.runtime_env, 'entrypoint': i.entrypoint}))")
+    info = subprocess.run([sys.executable, "-c", ask, head, submission], capture_output=True, text=True, timeout=60,
+                          env={**laptop_env, "RAY_AUTH_MODE": "token"})
+    assert info.returncode == 0, info.stderr
+    given = json.loads(info.stdout)
+    assert given["runtime_env"]["env_vars"]["AWS_ENDPOINT_URL"] == s3_server.env()["AWS_ENDPOINT_URL"]
+    assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in info.stdout and "AWS_ACCESS_KEY_ID" not in info.stdout
+    assert given["entrypoint"].startswith("python -m novarch_batch.pipeline.cli run-spec ")
+    logs = run_cli(laptop_env, "jobs", "logs", submission, "--follow", "--cluster", head)
+    assert logs.returncode == 0, logs.stdout
+
+
+def test_submit_returns_at_once_and_a_resubmit_resumes(head, laptop_env, s3_url):
+    first = run_cli(laptop_env, "submit", "--count", "16", "--steps", "2", "--out", s3_url, "--cluster", head, "--json")
     assert first.returncode == 0, first.stderr
     info = json.loads(first.stdout)
-    assert info["output"] == f"{out}/{info['job_id']}"
-    logs = run_cli("jobs", "logs", info["submission_id"], "--follow", "--cluster", ray_head)
+    assert info["output"] == f"{s3_url}/{info['job_id']}"
+    logs = run_cli(laptop_env, "jobs", "logs", info["submission_id"], "--follow", "--cluster", head)
     assert logs.returncode == 0, logs.stdout
-    again = run_cli("submit", "--count", "16", "--steps", "2", "--out", str(out), "--cluster", ray_head, "--wait")
+    assert "sampling:" in logs.stdout or '"images_sampled": 16' in logs.stdout
+    again = run_cli(laptop_env, "submit", "--count", "16", "--steps", "2", "--out", s3_url, "--cluster", head, "--wait")
     assert again.returncode == 0
     assert json.loads(again.stdout.strip().splitlines()[-1])["images_sampled"] == 0
 
 
-def test_unreachable_cluster_is_one_line(tmp_path):
-    done = run_cli("submit", "--count", "4", "--out", str(tmp_path), "--cluster", f"http://127.0.0.1:{free_port()}", timeout=120)
+@pytest.mark.parametrize("flags,message", [
+    (["--out", "./local-out"], "a local folder is on this machine, not on the cluster's nodes; use --out s3://BUCKET/PREFIX"),
+    (["--out", "s3://novarch/x", "--model", "MODEL"], "a local folder does not reach the cluster; upload it"),
+])
+def test_what_cannot_reach_the_cluster_is_refused_on_the_laptop(flags, message, laptop_env, tmp_path, model_dir):
+    flags = [str(model_dir) if f == "MODEL" else f for f in flags]
+    done = subprocess.run([CLI, "submit", "--count", "4", *flags, "--cluster", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=120, env=laptop_env, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_cluster_is_one_line(laptop_env):
+    done = run_cli(laptop_env, "submit", "--count", "4", "--out", "s3://novarch/x", "--cluster", f"http://127.0.0.1:{free_port()}", timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("novarch-batch: error: --cluster http://127.0.0.1:")
 
 
-def test_every_spec_field_reaches_the_head_unchanged(ray_head, tmp_path):
+def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
     """The head runs the spec validated on the laptop, whole: each field set to a non-default value
     comes back from the job.json the head's driver wrote."""
     from dataclasses import fields
@@ -116,19 +121,23 @@ def test_every_spec_field_reaches_the_head_unchanged(ray_head, tmp_path):
     from novarch_batch.pipeline.spec import build_spec
     from novarch_batch.workers.spec import JobSpec, OutputConfig, RunConfig, SamplingConfig
 
-    options = dict(class_name="house", sampler="ddim", steps=2, guidance=1.5, eta=0.5, seed=7,
-                   out=str(tmp_path / "out"), shard_size=4, embed_images=True, actors=1, batch_size=4, device="cpu")
-    untouched = {"ray_address"}  # a job on the cluster joins the head's own Ray
+    options = dict(class_name="house", sampler="ddim", steps=2, guidance=1.5, eta=0.5, seed=7, out=s3_url, shard_size=4,
+                   embed_images=True, gpus=1, actors_per_gpu=2, batch_size=4, placement_timeout=120.0, device="cuda")
+    # ray_address: a job on the cluster joins the head's own Ray; actors: CPU actors only, refused
+    # beside --gpus (tests/test_spec.py round-trips it through JSON).
+    untouched = {"ray_address", "actors"}
     for config in (SamplingConfig, OutputConfig, RunConfig):
         for f in fields(config):
             assert f.name in options or f.name in untouched, f"set --{f.name} here to prove it reaches the head"
             assert f.name in untouched or options[f.name] != f.default
     laptop = build_spec(count=8, job_id="every-field", **options)
     flags = ["--count", "8", "--job-id", "every-field", "--class", "house", "--sampler", "ddim", "--steps", "2", "--guidance", "1.5",
-             "--eta", "0.5", "--seed", "7", "--out", str(tmp_path / "out"), "--shard-size", "4", "--embed-images", "--actors", "1",
-             "--batch-size", "4", "--device", "cpu"]
-    done = run_cli("submit", *flags, "--cluster", ray_head, "--wait")
+             "--eta", "0.5", "--seed", "7", "--out", s3_url, "--shard-size", "4", "--embed-images", "--gpus", "1",
+             "--actors-per-gpu", "2", "--batch-size", "4", "--placement-timeout", "120", "--device", "cuda"]
+    done = run_cli(laptop_env, "submit", *flags, "--cluster", head, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
-    job = json.loads((tmp_path / "out" / "every-field" / "job.json").read_text())
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["actors"] == "2 GPU actor(s), 2 per GPU"
+    job = json.loads(open_storage(f"{s3_url}/every-field").get_bytes("job.json"))
     assert JobSpec.from_dict(job["spec"]) == laptop
     assert job["spec_hash"] == laptop.spec_hash()

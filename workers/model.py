@@ -34,7 +34,7 @@ def check_model_dir(folder: Path) -> None:
     """Refuse anything but a complete diffusers folder with safetensors weights, before loading."""
     if not folder.is_dir():
         raise ModelError(f"--model {folder}: no such folder; pass a diffusers model folder ({', '.join(REQUIRED)})")
-    if not (folder / WEIGHTS).is_file() and any(folder.glob(f"*{s}") for s in PICKLE_SUFFIXES):
+    if not (folder / WEIGHTS).is_file() and any(next(folder.glob(f"*{s}"), None) for s in PICKLE_SUFFIXES):
         raise ModelError(
             f"--model {folder}: holds a pickle checkpoint, which is refused (pickles run code on load); "
             f"convert it to {WEIGHTS} with safetensors"

@@ -23,7 +23,17 @@ from novarch_batch.workers.encode import encode_png, sha256_hex
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.seeds import sample_seed
-from novarch_batch.workers.tasks import FAULT_ENV, ShardResult, ShardTask
+from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
+
+
+def ray_node_id() -> str:
+    """This process's Ray node (short), so reports tell nodes apart even on one host."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[-8:]
+    except Exception:  # outside Ray (in-process tests, benchmarks)
+        return "-"
 
 
 class ShardWorker:
@@ -31,6 +41,9 @@ class ShardWorker:
     previous one waits for its uploads and commits, so the sampler never idles between shards."""
 
     def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None):
+        forced = os.environ.get(FORCE_DEVICE_ENV)
+        if forced:
+            device, threads = forced, threads or 1  # a stand-in for a GPU: one thread, so actors on one host share it
         if threads:
             torch.set_num_threads(threads)
         folder = fetch_model_folder(model, expected_sha256=model_sha256)  # s3:// once per node, then cached
@@ -38,7 +51,7 @@ class ShardWorker:
         self.info = self.generator.info
         self._sampling = threading.Lock()  # one shard samples at a time; the other call only finishes up
         self.pool = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="store")
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = f"{socket.gethostname()}:{ray_node_id()}:{os.getpid()}"
         self._storages: dict[str, Storage] = {}
 
     def ping(self) -> str:

@@ -110,16 +110,32 @@ class OutputConfig:
 class RunConfig:
     """How the job runs; none of it changes the images, so none of it is in the job id."""
 
-    actors: int = option(0, "Sampler actors.", metavar="N", show="one per GPU, or one single-thread actor per CPU core")
+    gpus: int = option(0, "GPU actors' GPUs: at most this many GPUs are used, each as the cluster's autoscaler adds "
+                       "it; the job starts on the first and grows without a restart.", metavar="N",
+                       show="every GPU the cluster has or its autoscaler can add")
+    actors_per_gpu: int = option(1, "Sampler actors sharing one GPU (each asks Ray for 1/K of a GPU).", metavar="K")
+    actors: int = option(0, "CPU sampler actors (jobs without GPUs).", metavar="N",
+                         show="one single-thread actor per CPU core")
     batch_size: int = option(64, "Micro-batch size inside an actor.", metavar="B")
-    ray_address: str | None = option(None, "Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting "
-                                     "a local Ray.", metavar="ADDR")
-    device: str = option("auto", "Where actors run the network.", choices=DEVICES)
+    placement_timeout: float = option(600.0, "Seconds the job waits with no ready actor (GPU nodes booting) before it "
+                                      "fails naming the missing resource.", metavar="S")
+    ray_address: str | None = option(None, "Join this running Ray cluster (e.g. auto, or ray://head:10001). Default: "
+                                     "start a private local Ray for this job, whatever other Ray runs on the machine.",
+                                     metavar="ADDR")
+    device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
+                         "else CPU.", choices=DEVICES)
 
     def validate(self) -> None:
-        _check(self.actors >= 0, f"--actors must be a positive integer, got {self.actors}")
+        for name in ("gpus", "actors_per_gpu", "actors", "batch_size"):
+            _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        _check(self.actors_per_gpu > 0, f"--actors-per-gpu must be a positive integer, got {self.actors_per_gpu}")
         _check(self.batch_size > 0, f"--batch-size must be a positive integer, got {self.batch_size}")
+        _check(math.isfinite(self.placement_timeout) and self.placement_timeout > 0,
+               f"--placement-timeout must be a number of seconds > 0, got {self.placement_timeout}")
         _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
+        _check(not (self.gpus and self.device == "cpu"), f"--gpus {self.gpus} asks for GPU actors; drop --device cpu or --gpus")
+        _check(not (self.actors and (self.gpus or self.device == "cuda")),
+               "--actors sets the number of CPU actors; for GPU actors use --gpus N (and --actors-per-gpu K)")
 
 
 @dataclass(frozen=True)

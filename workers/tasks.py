@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from novarch_batch.workers.spec import SamplingConfig
 
 FAULT_ENV = "NOVARCH_FAULT_FAIL_SHARDS"  # test-only fault hook: comma-separated shard indices that always fail
+# Actors compute on this device whatever Ray gave them: with "cpu", GPU scheduling (fake GPU
+# nodes, `ray start --num-gpus`) is testable on machines without a GPU.
+FORCE_DEVICE_ENV = "NOVARCH_FORCE_DEVICE"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""Ray's real autoscaler on one machine: the fake multi-node provider launches "nodes" (raylets
+with the resources a node type declares) from zero as demand appears, and removes idle ones.
+
+The recipe is DESIGN.md's (facts about the parts). Worker nodes are started by the head's
+autoscaler monitor, outside the head's process group, so they are found and stopped by the
+temp dir they share with the head.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.procs import wait_for
+from tests.ray_head import free_port
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class FakeCluster:
+    gcs_address: str
+    temp_dir: str
+    config: Path
+    head_pgid: int
+
+    def node_pids(self, node_id: str) -> list[int]:
+        """The processes of one fake worker node: its raylet and the workers it started (actors), as a
+        lost VM takes them all. `node_id` as ray.nodes() shows it."""
+        raylets = [pid for pid, argv in _processes() if self.temp_dir in argv and "raylet/raylet" in argv and f"--node_id={node_id}" in argv]
+        return raylets + [pid for pid, _ in _processes() if _parent(pid) in raylets]
+
+    def worker_node_ids(self) -> list[str]:
+        """Ids of the fake worker nodes: every raylet of this cluster but the head's (the child of `ray start`)."""
+        ids = []
+        for pid, argv in _processes():
+            if self.temp_dir in argv and "raylet/raylet" in argv and "--node_id=" in argv and _parent(pid) != self.head_pgid:
+                ids.append(argv.split("--node_id=", 1)[1].split()[0])
+        return ids
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _processes() -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+            except OSError:
+                continue
+    return found
+
+
+def cluster_config(gcs_address: str, worker_resources: dict, max_workers: int, idle_minutes: float) -> dict:
+    return {
+        "cluster_name": "novarch-fake",
+        "max_workers": max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_minutes,
+        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "auth": {"ssh_user": "ubuntu"},
+        "head_node_type": "ray.head.default",
+        "available_node_types": {
+            "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
+            "worker": {"resources": worker_resources, "node_config": {}, "min_workers": 0, "max_workers": max_workers},
+        },
+        # The legacy autoscaler reads these keys directly.
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [],
+        "rsync_filter": [], "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+@contextlib.contextmanager
+def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], idle_minutes: float = 1.0):
+    """A head with no resources of its own (like ray_cluster.yaml's) and one worker type, from zero."""
+    port = free_port()
+    gcs_address = f"127.0.0.1:{port}"
+    temp_dir = tempfile.mkdtemp(prefix="nvf", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    config = Path(temp_dir) / "cluster.yaml"
+    config.write_text(yaml.safe_dump(cluster_config(gcs_address, worker_resources, max_workers, idle_minutes)))
+    head_env = {**env, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    head_env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=0", f"--port={port}", "--node-ip-address=127.0.0.1",
+           f"--autoscaling-config={config}", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--include-dashboard=false",
+           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                                     "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
+                                                     "object-manager-port")]]
+    head = subprocess.Popen(cmd, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: any("monitor.py" in argv and f":{port}" in argv for _, argv in _processes()), 60,
+                 "the head's autoscaler", interval=0.5)
+        yield FakeCluster(gcs_address, temp_dir, config, head.pid)
+    finally:
+        _stop(head, temp_dir)
+
+
+def _stop(head: subprocess.Popen, temp_dir: str) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(timeout=5)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # the fake worker nodes, started by the monitor
+        for pid, argv in _processes():
+            if temp_dir in argv and pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=10)
+    shutil.rmtree(temp_dir, ignore_errors=True)
