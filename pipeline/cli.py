@@ -88,6 +88,8 @@ def run_job(spec, as_json: bool) -> None:
         fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (set NOVARCH_DEBUG=1 for the traceback)", EXIT_RUNTIME)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
+    elif report.already_complete:
+        click.echo(f"already complete: {report.count} images in {report.shards} shards at {report.url}; nothing written")
     else:
         click.echo(
             f"done: {report.count} images in {report.shards} shards at {report.url}\n"

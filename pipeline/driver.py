@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 
 from novarch_batch.pipeline import cluster, manifest
-from novarch_batch.pipeline.lease import Lease
+from novarch_batch.pipeline.lease import JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
@@ -47,6 +47,8 @@ class JobReport:
     sample_seconds: float = 0.0
     images_per_second: float = 0.0
     complete: bool = False
+    already_complete: bool = False  # finished by an earlier run: this one wrote nothing
+    conditional_writes: bool = True  # the store honoured If-None-Match at pre-flight (exactly-once commits and lease)
     recovery_seconds: list[float] = field(default_factory=list)  # per failed shard: first failure to commit
     shards_by_actor: dict[str, int] = field(default_factory=dict)  # "host:node:pid" -> shards it committed
     driver_peak_rss_mb: float = 0.0  # this process only: its memory must not grow with --count
@@ -68,15 +70,23 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     progress = progress or Progress(enabled=False)
     started = time.perf_counter()
     root = open_storage(spec.output.out)
-    root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
     job_url = join(root.url, spec.job_id)
     job = root.child(spec.job_id)
     existing = manifest.read_json(job, manifest.JOB_FILE)
     if existing is not None:
         manifest.check_same_spec(job, spec, existing)  # refuse a foreign job before taking its lease
-    with Lease(job):
+        done = manifest.read_json(job, manifest.SUCCESS_FILE)
+        if done is not None and done.get("spec_hash") == spec.spec_hash():
+            # Finished: write nothing (not even a probe or the lease), so no storage event fires again.
+            return JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards,
+                             complete=True, already_complete=True, seconds=round(time.perf_counter() - started, 3))
+    root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
+    conditional = root.honours_conditional_writes()
+    if not conditional:
+        progress.note(f"{root.url}: this store ignores conditional writes (If-None-Match); the job's lease is best effort")
+    with Lease(job, conditional=conditional) as lease:
         created_at = manifest.prepare_job(job, spec)
-        return _run_job(spec, job, job_url, created_at, progress, started)
+        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional)
 
 
 def release() -> None:
@@ -86,11 +96,11 @@ def release() -> None:
         ray.shutdown()
 
 
-def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
+def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional) -> JobReport:
     committed = manifest.committed_shards(job)
     todo = missing_shards(spec.count, spec.output.shard_size, committed)
     report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo),
-                       started_at=round(time.time() - (time.perf_counter() - started), 3))
+                       started_at=round(time.time() - (time.perf_counter() - started), 3), conditional_writes=conditional)
     checksums: dict[int, str] = {}
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
@@ -98,9 +108,9 @@ def _run_job(spec, job, job_url, created_at, progress, started) -> JobReport:
             _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started)
         finally:
             progress.close()
-    for k in range(spec.num_shards):
-        if k not in checksums:
-            checksums[k] = manifest.shard_checksum(job, k)
+    checksums.update(manifest.shard_checksums(job, [k for k in range(spec.num_shards) if k not in checksums]))
+    if lease.lost:
+        raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.images_sampled / report.seconds, 2) if report.seconds else 0.0
     report.driver_peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux

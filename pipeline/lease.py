@@ -1,4 +1,4 @@
-"""One driver per job: a lease object in the job folder, refreshed while the driver runs.
+"""One driver per job: a lease object in the job folder, renewed while the driver runs.
 
 A second driver on the same job refuses while the lease is fresh. A lease goes stale when its
 heartbeat is older than LEASE_SECONDS, or at once when its owner ran on this host and that
@@ -41,43 +41,86 @@ def is_stale(lease: dict, now: float) -> bool:
 
 
 class Lease:
-    def __init__(self, job: Storage):
-        self.job = job
+    """Taken by a conditional create (If-None-Match: *), renewed by its owner with compare-and-swap
+    on the version it last wrote (If-Match), and taken over from a stale owner the same way: of
+    two drivers, exactly one wins each step. A store that ignores conditional writes gets the
+    old best-effort protocol (write, pause, read back), and the job report says so."""
+
+    def __init__(self, job: Storage, conditional: bool = True):
+        self.job, self.conditional = job, conditional
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.version: str | None = None
+        self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _write(self) -> None:
-        self.job.put_bytes(LEASE_KEY, json.dumps({**self.owner, "heartbeat": time.time()}).encode())
+    def _document(self) -> bytes:
+        return json.dumps({**self.owner, "heartbeat": time.time()}).encode()
 
-    def _read(self) -> dict | None:
-        if not self.job.exists(LEASE_KEY):
-            return None
-        try:
-            return json.loads(self.job.get_bytes(LEASE_KEY))
-        except (ValueError, OSError):
-            return None
+    def _busy(self, current: dict) -> JobBusy:
+        return JobBusy(
+            f"{self.job.url} is being run by another driver (pid {current.get('pid')} on {current.get('host')}); "
+            f"wait for it (`novarch-batch status {self.job.url}`) or stop it, then re-run"
+        )
 
     def acquire(self) -> None:
+        if self.conditional:
+            self._acquire_conditional()
+        else:
+            self._acquire_best_effort()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _acquire_conditional(self) -> None:
+        for _ in range(3):  # the holder may release between our create and our read
+            self.version = self.job.create(LEASE_KEY, self._document())
+            if self.version:
+                return
+            current = self.job.read_versioned(LEASE_KEY)
+            if current is None:
+                continue
+            data, version = current
+            try:
+                holder = json.loads(data)
+            except ValueError:
+                holder = {}
+            if not is_stale(holder, time.time()):
+                raise self._busy(holder)
+            self.version = self.job.replace(LEASE_KEY, self._document(), version)  # take over, unless another driver just did
+            if self.version:
+                return
+            raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
+        raise JobBusy(f"{self.job.url}: the job's lease keeps changing hands; wait a minute, then re-run")
+
+    def _acquire_best_effort(self) -> None:
         current = self._read()
         if current and current.get("id") != self.owner["id"] and not is_stale(current, time.time()):
-            raise JobBusy(
-                f"{self.job.url} is being run by another driver (pid {current.get('pid')} on {current.get('host')}); "
-                f"wait for it (`novarch-batch status {self.job.url}`) or stop it, then re-run"
-            )
-        self._write()
+            raise self._busy(current)
+        self.job.put_bytes(LEASE_KEY, self._document())
         # Read back after a short pause: of two drivers racing for a free lease, the last writer wins
-        # and the other sees a foreign owner and backs off.
+        # and the other sees a foreign owner and backs off (best effort: a slow store can fool it).
         time.sleep(0.2)
         if (self._read() or {}).get("id") != self.owner["id"]:
             raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-        self._thread.start()
+
+    def _read(self) -> dict | None:
+        current = self.job.read_versioned(LEASE_KEY)
+        try:
+            return json.loads(current[0]) if current else None
+        except ValueError:
+            return None
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                self._write()
+                if not self.conditional:
+                    self.job.put_bytes(LEASE_KEY, self._document())
+                    continue
+                renewed = self.job.replace(LEASE_KEY, self._document(), self.version)
+                if renewed is None:  # taken over: never write it again
+                    self.lost = True
+                    return
+                self.version = renewed
             except Exception:  # a store outage must not kill the driver; the lease just ages
                 pass
 
@@ -86,7 +129,9 @@ class Lease:
         if self._thread:
             self._thread.join(timeout=HEARTBEAT_SECONDS)
         try:
-            if (self._read() or {}).get("id") == self.owner["id"]:
+            if self.conditional and self.version and not self.lost:
+                self.job.delete_version(LEASE_KEY, self.version)
+            elif not self.conditional and (self._read() or {}).get("id") == self.owner["id"]:
                 self.job.delete(LEASE_KEY)
         except Exception:
             pass

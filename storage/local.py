@@ -1,6 +1,9 @@
 """A local (or mounted) folder behind the Storage interface."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +34,61 @@ class LocalStorage:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def create(self, key: str, data: bytes) -> str | None:
+        """Write only if the key does not exist: a hard link of a complete temporary file is atomic and
+        fails when the name exists, so exactly one of concurrent creators wins. Returns the version
+        (the content's sha256), or None when the key exists."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)
+            return hashlib.sha256(data).hexdigest()
+        except FileExistsError:
+            return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace(self, key: str, data: bytes, version: str) -> str | None:
+        """Compare-and-swap under an advisory lock beside the key: write only if the content is still at `version`."""
+        with self._locked(key):
+            current = self.read_versioned(key)
+            if current is None or current[1] != version:
+                return None
+            self.put_bytes(key, data)
+            return hashlib.sha256(data).hexdigest()
+
+    def delete_version(self, key: str, version: str) -> bool:
+        with self._locked(key):
+            current = self.read_versioned(key)
+            if current is None or current[1] != version:
+                return False
+            self.delete(key)
+            return True
+
+    def honours_conditional_writes(self) -> bool:
+        return True  # create() and replace() above are atomic on a local file system
+
+    @contextlib.contextmanager
+    def _locked(self, key: str):
+        lock = self._path(key).with_name(f".lock-{self._path(key).name}")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -47,7 +105,7 @@ class LocalStorage:
             return []
         keys = []
         for path in folder.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)

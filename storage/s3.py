@@ -11,6 +11,7 @@ import hashlib
 import mimetypes
 import os
 import threading
+import time
 import uuid
 from urllib.parse import urlparse
 
@@ -50,6 +51,9 @@ _ACCESS_CODES = {
     "ExpiredToken", "TokenRefreshRequired", "AllAccessDisabled", "403", "Forbidden",
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_PRECONDITION_CODES = {"PreconditionFailed", "412"}
+_CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
+CONFLICT_RETRIES = 5
 
 
 def endpoint_from_env() -> str | None:
@@ -242,6 +246,71 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, key) from None
+
+    # -- conditional writes (If-None-Match / If-Match) ----------------------------------
+
+    def create(self, key: str, data: bytes) -> str | None:
+        """PUT only if the key does not exist (If-None-Match: *): the new ETag, or None when it exists.
+        Of any number of concurrent creates of one key, exactly one succeeds."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*",
+                                                  ContentType=mimetypes.guess_type(key)[0] or "application/octet-stream")
+                return response["ETag"]
+            except ClientError as exc:
+                if _code(exc) in _PRECONDITION_CODES:
+                    return None
+                if _code(exc) not in _CONFLICT_CODES or attempt == CONFLICT_RETRIES - 1:
+                    raise self._error(exc, key) from None
+            except BotoCoreError as exc:
+                raise self._error(exc, key) from None
+            time.sleep(0.05 * (attempt + 1))  # AWS: another conditional write of this key is in progress
+        return None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag), or None when the key does not exist."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND_CODES:
+                return None
+            raise self._error(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def replace(self, key: str, data: bytes, version: str) -> str | None:
+        """PUT only if the object is still at `version` (If-Match: compare-and-swap): the new ETag, or None."""
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=version)["ETag"]
+        except ClientError as exc:
+            if _code(exc) in _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES:
+                return None
+            raise self._error(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def delete_version(self, key: str, version: str) -> bool:
+        """DELETE only if the object is still at `version`; False when it is not (or is gone)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)
+            return True
+        except ClientError as exc:
+            if _code(exc) in _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES:
+                return False
+            raise self._error(exc, key) from None
+        except BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def honours_conditional_writes(self) -> bool:
+        """Pre-flight: does this store refuse a second If-None-Match create? (AWS S3 since 2024 and
+        SeaweedFS do; a store that ignores the header would let two writers both win.)"""
+        probe = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        try:
+            first, second = self.create(probe, b"1"), self.create(probe, b"2")
+        finally:
+            self.delete(probe)
+        return first is not None and second is None
 
     def child(self, prefix: str) -> "S3Storage":
         sub = S3Storage(

@@ -19,6 +19,7 @@ import torch
 
 from novarch_batch.storage import UPLOAD_CONCURRENCY, Storage, open_storage
 from novarch_batch.workers import shard_format
+from novarch_batch.workers.commit import commit_shard
 from novarch_batch.workers.encode import encode_png, sha256_hex
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
@@ -68,10 +69,9 @@ class ShardWorker:
             if str(task.shard) in os.environ.get(FAULT_ENV, "").split(","):
                 raise RuntimeError(f"fault injected for shard {task.shard} ({FAULT_ENV})")
             rows, sample_seconds = self._sample_and_store(task)
-            parquet = shard_format.shard_bytes(rows)
-            self._storage(task.job_url).put_bytes(shard_format.shard_key(task.shard), parquet)  # the commit
+            checksum = commit_shard(self._storage(task.job_url), task.shard, shard_format.shard_bytes(rows))
             return ShardResult(task.shard, True, task.stop - task.start, time.perf_counter() - started, sample_seconds,
-                               self.name, checksum=sha256_hex(parquet))
+                               self.name, checksum=checksum)
         except Exception as e:
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             return ShardResult(task.shard, False, 0, time.perf_counter() - started, 0.0, self.name, detail)

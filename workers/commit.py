@@ -1,0 +1,45 @@
+"""A shard's commit: its checksum beside it, then its Parquet file, created exactly once.
+
+The sidecar (`checksums/part-<k>.sha256`, 64 hex digits; outside `shards/`, which readers open as
+one Parquet dataset) is written just before the commit, so a
+resumed job learns every committed shard's checksum from tiny objects, never from the shard's
+body. The Parquet file is created with a conditional write: of concurrent commits of one shard
+exactly one lands; a refused commit of identical bytes counts as already committed.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from novarch_batch.storage import Storage, StorageError
+from novarch_batch.workers import shard_format
+
+
+class ShardConflict(StorageError):
+    """The shard was committed by another writer with different bytes."""
+
+
+def sidecar_key(shard: int) -> str:
+    return f"checksums/part-{shard:05d}.sha256"
+
+
+def commit_shard(storage: Storage, shard: int, data: bytes) -> str:
+    """Commit one shard's Parquet bytes; return their sha256 (also when they were committed before)."""
+    checksum = hashlib.sha256(data).hexdigest()
+    key = shard_format.shard_key(shard)
+    storage.put_bytes(sidecar_key(shard), checksum.encode())
+    if storage.create(key, data) is not None:
+        return checksum
+    committed = hashlib.sha256(storage.get_bytes(key)).hexdigest()  # rare: a retry whose first answer was lost
+    if committed != checksum:
+        storage.put_bytes(sidecar_key(shard), committed.encode())  # the sidecar describes what is committed
+        raise ShardConflict(f"{storage.url}/{key}: already committed by another writer with other bytes "
+                            f"(sha256 {committed[:12]}…); run `novarch-batch verify {storage.url}`")
+    return checksum
+
+
+def read_checksum(storage: Storage, shard: int) -> str:
+    """A committed shard's sha256 from its sidecar; shards committed before sidecars existed are hashed."""
+    found = storage.read_versioned(sidecar_key(shard))
+    if found is not None and len(found[0].strip()) == 64:
+        return found[0].decode().strip()
+    return hashlib.sha256(storage.get_bytes(shard_format.shard_key(shard))).hexdigest()
