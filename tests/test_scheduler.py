@@ -57,3 +57,24 @@ def test_the_driver_side_never_imports_torch(module, tmp_path):
             "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_log_gets_a_progress_line_with_the_actor_pool():
+    """Without a terminal (the Jobs API's log) progress is a line every LOG_EVERY_S seconds."""
+    import io
+
+    from novarch_batch.pipeline.progress import Progress
+    from novarch_batch.pipeline.scheduler import PoolStatus
+
+    stream = io.StringIO()
+    progress = Progress(enabled=False, log_every_s=0.0, stream=stream)
+    progress.start(total=1000, done=100)
+    progress.advance(250)
+    progress.tick(lambda: PoolStatus(ready=2, starting=1, pending=5))
+    line = stream.getvalue().strip()
+    assert line.startswith("sampling: 350/1,000 images (35.0%), ")
+    assert " images/s, ETA " in line and line.endswith("actors 2 ready / 1 starting / 5 pending")
+    quiet = Progress(enabled=False, log_every_s=3600.0, stream=io.StringIO())
+    quiet.start(total=10, done=0)
+    quiet.tick(lambda: PoolStatus(1, 0, 0))
+    assert quiet.stream.getvalue() == ""  # not before log_every_s has passed

@@ -69,3 +69,10 @@ def test_classes_come_from_the_models_own_metadata(tmp_path, model_dir):
 def test_unknown_build_spec_option_is_a_programming_error(tmp_path):
     with pytest.raises(TypeError, match="workers"):
         build_spec(count=8, out=str(tmp_path), workers=2)
+
+
+def test_choices_are_checked_for_python_callers_too(tmp_path):
+    with pytest.raises(SpecError, match="--sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, got 'euler'"):
+        build_spec(count=8, out=str(tmp_path), sampler="euler")
+    with pytest.raises(SpecError, match="--device must be one of auto, cpu, cuda, got 'tpu'"):
+        build_spec(count=8, out=str(tmp_path), device="tpu")

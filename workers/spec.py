@@ -52,6 +52,14 @@ def _check(ok: bool, message: str) -> None:
         raise SpecError(message)
 
 
+def _check_choices(config) -> None:
+    """Every field declared with choices holds one of them (the CLI checks too; Python callers may not)."""
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        _check(not choices or value in choices, f"{flag_name(f)} must be one of {', '.join(choices or ())}, got '{value}'")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     class_name: str = option(ANY_CLASS, "Requested class: one of the model's classes (the shipped model: building, "
@@ -68,7 +76,7 @@ class SamplingConfig:
         """Refuse what the model or the sampler cannot do; `classes` are the model's own."""
         _check(self.class_name in (*classes, ANY_CLASS),
                f"--class must be one of {', '.join((*classes, ANY_CLASS))} (the model's classes), got '{self.class_name}'")
-        _check(self.sampler in SAMPLER_OPTIONS, f"--sampler must be one of {', '.join(SAMPLER_OPTIONS)}, got '{self.sampler}'")
+        _check_choices(self)
         _check(self.steps > 0, f"--steps must be a positive integer, got {self.steps}")
         _check(self.steps <= MAX_STEPS, f"--steps must be at most {MAX_STEPS} (the model's training timesteps), got {self.steps}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0,
@@ -104,6 +112,7 @@ class OutputConfig:
 
     def validate(self) -> None:
         _check(self.shard_size > 0, f"--shard-size must be a positive integer, got {self.shard_size}")
+        _check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ class RunConfig:
         _check(self.batch_size > 0, f"--batch-size must be a positive integer, got {self.batch_size}")
         _check(math.isfinite(self.placement_timeout) and self.placement_timeout > 0,
                f"--placement-timeout must be a number of seconds > 0, got {self.placement_timeout}")
-        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got '{self.device}'")
+        _check_choices(self)
         _check(not (self.gpus and self.device == "cpu"), f"--gpus {self.gpus} asks for GPU actors; drop --device cpu or --gpus")
         _check(not (self.actors and (self.gpus or self.device == "cuda")),
                "--actors sets the number of CPU actors; for GPU actors use --gpus N (and --actors-per-gpu K)")
