@@ -124,9 +124,17 @@ class ForeignLease:
 
 
 def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_server, s3_url, tmp_path):
-    first = summary(run_schedule(head, s3_url, tmp_path))
     day = time.strftime("%Y%m%d", time.gmtime())
     url = f"{s3_url}/nightly-{day}"
+
+    # An overlapping driver on the same night: refused by the job's lease, non-zero, no shard written.
+    with ForeignLease(s3_server, url):
+        busy = run_schedule(head, s3_url, tmp_path)
+    assert busy.returncode != 0
+    assert "being run by another driver" in busy.stdout + busy.stderr
+    assert shard_objects(s3_server, url) == {}
+
+    first = summary(run_schedule(head, s3_url, tmp_path))
     assert first["url"] == url and first["complete"] and first["images_sampled"] == 16
 
     s3 = s3_server.env()
@@ -137,16 +145,9 @@ def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_s
     shards = shard_objects(s3_server, url)
     assert len(shards) == 2
 
-    # A retried night: the same job id from the same date, so it resumes and samples nothing.
+    # A retried night: the same job id from the same date; the job is complete, so it writes nothing.
     again = summary(run_schedule(head, s3_url, tmp_path))
-    assert again["url"] == url and again["complete"] and again["images_sampled"] == 0
-    assert shard_objects(s3_server, url) == shards
-
-    # An overlapping driver on the same night: refused by the job's lease, non-zero, nothing written.
-    with ForeignLease(s3_server, url):
-        busy = run_schedule(head, s3_url, tmp_path)
-    assert busy.returncode != 0
-    assert "being run by another driver" in busy.stdout + busy.stderr
+    assert again["url"] == url and again["complete"] and again["already_complete"] and again["images_sampled"] == 0
     assert shard_objects(s3_server, url) == shards
 
     status = cli("status", url, "--json", env=s3, home=tmp_path)
