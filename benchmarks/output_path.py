@@ -46,12 +46,12 @@ def main(images, concurrency, out):
     rows = {name: [] for name in shard_format.SCHEMA.names}
     now = datetime.now(timezone.utc)
     for i, data in enumerate(pngs[:1000]):
-        for name, value in (("id", i), ("job_id", "j"), ("shard", 0), ("seed", i), ("class_label", "any"), ("sampler", "ddpm"),
+        for name, value in (("id", i), ("job_id", "j"), ("shard", 0), ("seed", i), ("class_label", "any"), ("label", -1), ("sampler", "ddpm"),
                             ("steps", 20), ("guidance", 2.0), ("eta", 0.0), ("model", "m"), ("model_sha256", "0" * 64),
                             ("image_key", shard_format.image_key(0, i)), ("width", 32), ("height", 32), ("format", "png"),
                             ("sha256", sha256_hex(data)), ("created_at", now), ("image", None)):
             rows[name].append(value)
-    parquet_rate = warm_per_second(1000, lambda: shard_format.shard_bytes(rows))
+    parquet_rate = warm_per_second(1000, lambda: shard_format.shard_bytes(rows, ("building", "house")))
     results = {"machine": machine(), "png_bytes_mean": float(np.mean([len(p) for p in pngs])),
                "encode_images_per_s_one_thread": encode_rate, "parquet_rows_per_s": parquet_rate, "put_rate": {}}
     print(f"PNG encode: {encode_rate:,.0f} images/s on one thread ({results['png_bytes_mean']:.0f} bytes each)")

@@ -81,12 +81,13 @@ def judge_outputs(ours_root: Path, recipe_root: Path, class_name: str) -> dict:
 @click.option("--recipe-steps", default=None, type=int, help="The recipe's steps (default: --steps); e.g. ddim 50 for quality-matched runs.")
 @click.option("--bare/--no-bare", default=True, show_default=True, help="Measure the bare sampler: one process on every thread, and one 1-thread process per core.")
 @click.option("--judge", is_flag=True, help="Judge the first run's local outputs (purity, FD / floor) for a quality-matched comparison.")
-@click.option("--embed-images", is_flag=True, help="Run novarch-batch with --embed-images (one object per shard).")
+@click.option("--format", "output_format", type=click.Choice(["files", "parquet", "webdataset"]), default="files", show_default=True,
+              help="novarch-batch's --format (parquet and webdataset: one object per shard).")
 @click.option("--local/--no-local", default=True, show_default=True, help="Measure into a local folder.")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--s3/--no-s3", default=True, show_default=True, help="Also measure into the embedded SeaweedFS.")
 @click.option("--out", default="benchmarks/results/throughput.json", show_default=True)
-def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_steps, bare, judge, embed_images, local, runs, s3, out):
+def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_steps, bare, judge, output_format, local, runs, s3, out):
     env = {**os.environ, "RAY_ADDRESS": ""}
     work = Path(tempfile.mkdtemp(prefix="nvbench-"))
     server = None
@@ -105,7 +106,7 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
                 samples.setdefault("bare", []).append({"ips": result["images_per_second"]})
                 samples.setdefault("bare_per_core", []).append({"ips": bare_per_core(count, sampler, steps, guidance, batch_size, env)})
             targets = ([("local", str(work / f"ours-{run}"))] if local else []) + ([("s3", f"s3://{server.bucket}/ours-{run}")] if server else [])
-            embed = ["--embed-images"] if embed_images else []
+            embed = ["--format", output_format]
             for name, dest in targets:
                 wall, report = timed([CLI, "submit", *common, *embed, "--class", "building", "--sampler", sampler, "--out", dest, "--json"], env)
                 steady = report["images_sampled"] / (report["seconds"] - report["startup_seconds"])
@@ -151,7 +152,7 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
                   f"FD {q['fd']:.2f} / floor {q['fd_floor']:.2f} = {q['fd_ratio']:.1f}")
     save({"machine": machine(), "settings": {"count": count, "sampler": sampler, "steps": steps, "guidance": guidance,
           "batch_size": batch_size, "runs": runs, "threads": threads, "recipe_scheduler": recipe_scheduler or sampler,
-          "recipe_steps": recipe_steps or steps, "embed_images": embed_images, "judge": judge}, "samples": samples, "summary": summary}, out)
+          "recipe_steps": recipe_steps or steps, "format": output_format, "judge": judge}, "samples": samples, "summary": summary}, out)
 
 
 if __name__ == "__main__":

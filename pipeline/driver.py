@@ -61,7 +61,7 @@ class JobReport:
 def shard_task(spec: JobSpec, job_url: str, shard: Shard, created_at: str) -> ShardTask:
     return ShardTask(
         job_id=spec.job_id, job_url=job_url, shard=shard.index, start=shard.start, stop=shard.stop,
-        sampling=spec.sampling, batch_size=spec.run.batch_size, created_at=created_at, embed_images=spec.output.embed_images,
+        sampling=spec.sampling, batch_size=spec.run.batch_size, created_at=created_at, format=spec.output.format,
     )
 
 

@@ -60,6 +60,12 @@ def prepare_job(job: Storage, spec: JobSpec) -> str:
 
 
 def check_same_spec(job: Storage, spec: JobSpec, existing: dict) -> None:
+    written = str(existing.get("schema_version", "1"))
+    if written != shard_format.SCHEMA_VERSION and read_json(job, SUCCESS_FILE) is None:
+        raise SpecError(
+            f"{job.url} was started with Parquet schema {written}; this version writes schema {shard_format.SCHEMA_VERSION}, "
+            f"and one job must not mix them: finish it with the novarch-batch that started it, or start anew with another --job-id"
+        )
     if existing.get("spec_hash") != spec.spec_hash():
         raise SpecError(
             f"{job.url} holds job '{spec.job_id}' with another spec (hash {str(existing.get('spec_hash'))[:12]}); "

@@ -1,8 +1,14 @@
-"""Read a finished or running job back from storage: manifests, Parquet rows, images."""
+"""Read a finished or running job back from storage: manifests, Parquet rows, images.
+
+Reads every --format and both schema versions (docs/format.md): an image is a file named by
+`image_key`, the `image` column of its row (v2: {bytes, path}; v1: bare bytes), or a member of
+its shard's WebDataset tar (`webdataset/part-<shard>.tar#<id>.png`).
+"""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +23,7 @@ class JobView:
     url: str
     storage: Storage
     job: dict  # job.json
+    _tar: tuple[str, dict[str, bytes]] | None = field(default=None, repr=False)  # the last tar read: rows come in id order
 
     @classmethod
     def open(cls, url: str) -> "JobView":
@@ -49,8 +56,26 @@ class JobView:
     def rows(self, columns: list[str] | None = None):
         """Rows of every committed shard, one shard in memory at a time."""
         for k in sorted(self.committed()):
-            yield from self.shard_table(k).select(columns or shard_format.SCHEMA.names).to_pylist()
+            table = self.shard_table(k)
+            yield from (table.select(columns) if columns else table).to_pylist()
 
     def image_bytes(self, row: dict) -> bytes:
-        return row["image"] if row.get("image") else self.storage.get_bytes(row["image_key"])
+        """The PNG bytes of a row (needs its `image_key` and `image` columns)."""
+        image = row.get("image")
+        if isinstance(image, dict):  # schema v2: the Hugging Face Image struct
+            image = image.get("bytes")
+        if image:
+            return image
+        container, _, member = row["image_key"].partition("#")
+        if container.endswith(".tar"):
+            return self.tar_members(container)[member]
+        return self.storage.get_bytes(row["image_key"])
+
+    def tar_members(self, key: str) -> dict[str, bytes]:
+        """A shard's tar as {member name: bytes}; the last one read is kept, so reading its images one by one costs one GET."""
+        if self._tar is None or self._tar[0] != key:
+            with tarfile.open(fileobj=io.BytesIO(self.storage.get_bytes(key))) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+            self._tar = (key, members)
+        return self._tar[1]
 

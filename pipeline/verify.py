@@ -48,12 +48,16 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     duplicates = outside = 0
     to_check = []
     rng = random.Random(seed)
+    expected_version = str(view.job.get("schema_version", shard_format.SCHEMA_VERSION))  # the version the job started with
+    if expected_version not in shard_format.READABLE_VERSIONS:
+        report.problem(f"job.json: schema version {expected_version!r}, this novarch-batch reads "
+                       f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
     for k in sorted(committed):
         data = view.shard_bytes(k)  # one download: parsed and hashed
         table = view.shard_table(k, data)
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)
-        if version != shard_format.SCHEMA_VERSION.encode():
-            report.problem(f"{shard_format.shard_key(k)}: schema version {version!r}, expected {shard_format.SCHEMA_VERSION}")
+        if version != expected_version.encode():
+            report.problem(f"{shard_format.shard_key(k)}: schema version {version!r}, expected {expected_version} (job.json)")
         if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
             report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
         for row in table.select(["id", "image_key", "sha256", "image"]).to_pylist():

@@ -102,15 +102,15 @@ def test_job_id_reused_with_another_spec_is_refused(finished_job, ray_local):
 
 
 def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
-    spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, actors=1, seed=2, embed_images=True)
+    spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, actors=1, seed=2, format="parquet")
     driver.run(spec)
     job_dir = tmp_path / spec.job_id
     assert not (job_dir / "images").exists()
     rows = read_job(job_dir)
     assert [r["id"] for r in rows] == list(range(12))
     for r in rows:
-        assert hashlib.sha256(r["image"]).hexdigest() == r["sha256"]
-        assert Image.open(io.BytesIO(r["image"])).size == (32, 32)
+        assert hashlib.sha256(r["image"]["bytes"]).hexdigest() == r["sha256"]
+        assert Image.open(io.BytesIO(r["image"]["bytes"])).size == (32, 32)
         assert r["image_key"] == shard_format.embedded_key(r["shard"], r["id"])
     from novarch_batch.pipeline.verify import verify
 

@@ -1,5 +1,8 @@
 """The work inside an actor: load the model once, then sample, encode, store and commit whole shards.
 
+Where the images go is the writer's business (workers/writers.py, one per --format); the shard's
+Parquet file is always written last, after the writer has closed, and commits the shard.
+
 Ray runs it through ``novarch_batch.workers.actor.ShardActor``; tests use it in-process.
 Resources (GPUs, CPU threads, how many actors) are decided by the driver in ``pipeline/``; this
 class only uses what it is given. ``run_shard`` never raises across the pool: it returns a
@@ -25,6 +28,7 @@ from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.seeds import sample_seed
 from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
+from novarch_batch.workers.writers import WRITERS, ShardWriter
 
 
 def ray_node_id() -> str:
@@ -69,7 +73,7 @@ class ShardWorker:
             if str(task.shard) in os.environ.get(FAULT_ENV, "").split(","):
                 raise RuntimeError(f"fault injected for shard {task.shard} ({FAULT_ENV})")
             rows, sample_seconds = self._sample_and_store(task)
-            checksum = commit_shard(self._storage(task.job_url), task.shard, shard_format.shard_bytes(rows))
+            checksum = commit_shard(self._storage(task.job_url), task.shard, shard_format.shard_bytes(rows, self.info.classes))
             return ShardResult(task.shard, True, task.stop - task.start, time.perf_counter() - started, sample_seconds,
                                self.name, checksum=checksum)
         except Exception as e:
@@ -77,8 +81,19 @@ class ShardWorker:
             return ShardResult(task.shard, False, 0, time.perf_counter() - started, 0.0, self.name, detail)
 
     def _sample_and_store(self, task: ShardTask) -> tuple[dict, float]:
-        """Sample micro-batches on this thread; encode and upload on the pool while the next batch samples."""
-        storage = self._storage(task.job_url)
+        """Sample micro-batches on this thread; encode and write on the pool while the next batch samples."""
+        created = datetime.fromisoformat(task.created_at)
+        writer = WRITERS[task.format](self._storage(task.job_url), task.shard, created)
+        common = {  # the same in every row of the shard
+            "job_id": task.job_id,
+            "shard": task.shard,
+            **task.sampling.columns(),
+            "label": shard_format.label_of(task.sampling.class_name, self.info.classes),
+            "model": self.info.name,
+            "model_sha256": self.info.sha256,
+            "format": "png",
+            "created_at": created,
+        }
         ids = list(range(task.start, task.stop))
         seeds = [sample_seed(task.sampling.seed, i) for i in ids]
         pending: list[Future] = []
@@ -89,34 +104,17 @@ class ShardWorker:
                 images = self.generator.images(seeds[lo : lo + task.batch_size], task.sampling)
                 sample_seconds += time.perf_counter() - t0
                 for j, image in enumerate(images):
-                    pending.append(self.pool.submit(self._store_image, storage if not task.embed_images else None, task, ids[lo + j], image))
-        stored = [f.result() for f in pending]  # re-raises the first upload error: the shard is not committed
-        height, width = stored[0][2][:2] if stored else (0, 0)
-        created = datetime.fromisoformat(task.created_at)
-        rows = {
-            "id": ids,
-            "job_id": [task.job_id] * len(ids),
-            "shard": [task.shard] * len(ids),
-            "seed": seeds,
-            **{column: [value] * len(ids) for column, value in task.sampling.columns().items()},
-            "model": [self.info.name] * len(ids),
-            "model_sha256": [self.info.sha256] * len(ids),
-            "image_key": [key for key, _, _, _ in stored],
-            "width": [width] * len(ids),
-            "height": [height] * len(ids),
-            "format": ["png"] * len(ids),
-            "sha256": [digest for _, digest, _, _ in stored],
-            "created_at": [created] * len(ids),
-            "image": [data for _, _, _, data in stored] if task.embed_images else [None] * len(ids),
-        }
-        return rows, sample_seconds
+                    row = {"id": ids[lo + j], "seed": seeds[lo + j], **common}
+                    pending.append(self.pool.submit(self._write_image, writer, row, image))
+        stored = [f.result() for f in pending]  # re-raises the first write error: the shard is not committed
+        rows = {name: [row[name] for row in stored] for name in stored[0]}
+        return {**rows, **writer.close()}, sample_seconds
 
-    def _store_image(self, storage, task: ShardTask, sample_id: int, image):
-        """Encode one image and upload it, or keep its bytes for the Parquet row when the job embeds
-        images (storage is None): one PUT per shard instead of one per image."""
+    @staticmethod
+    def _write_image(writer: ShardWriter, row: dict, image) -> dict:
+        """Encode one image and hand it to the shard's writer (which may upload it); its row back."""
         data = encode_png(image)
-        if storage is None:
-            return shard_format.embedded_key(task.shard, sample_id), sha256_hex(data), image.shape, data
-        key = shard_format.image_key(task.shard, sample_id)
-        storage.put_bytes(key, data)
-        return key, sha256_hex(data), image.shape, None
+        height, width = image.shape[:2]  # (H, W, C)
+        row = {**row, "width": width, "height": height, "sha256": sha256_hex(data)}
+        writer.write(row["id"], data, row)
+        return row

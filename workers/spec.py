@@ -26,6 +26,7 @@ ANY_CLASS = "any"  # unconditional: each image drifts to the kind of image it fi
 SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it means the same on every machine
 MAX_STEPS = 1000  # the model's number of training timesteps
 DEVICES = ("auto", "cpu", "cuda")
+OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
 
 
 class SpecError(ValueError):
@@ -108,7 +109,10 @@ class OutputConfig:
     out: str = option("./novarch-out", "Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in "
                       "<out>/<job_id>/.", metavar="PATH|URL")
     shard_size: int = option(0, "Images per shard (one Parquet file each).", metavar="M", show="count/32 clamped to 64..1000")
-    embed_images: bool = option(False, "Store PNG bytes in the Parquet rows (one object per shard) instead of one file per image.")
+    format: str = option("files", "Where the images go: files = one PNG per image beside the Parquet index; parquet = "
+                         "PNG bytes inside the Parquet rows (Hugging Face Image column, one object per shard); "
+                         "webdataset = one tar per shard (<id>.png + <id>.json) plus the Parquet index.",
+                         choices=OUTPUT_FORMATS)
 
     def validate(self) -> None:
         _check(self.shard_size > 0, f"--shard-size must be a positive integer, got {self.shard_size}")
@@ -162,14 +166,21 @@ class JobSpec:
         return math.ceil(self.count / self.output.shard_size)
 
     def identity(self) -> dict:
-        """What determines the dataset's content; actors, batch size and addresses do not."""
-        return {
+        """What determines the dataset's content; actors, batch size and addresses do not.
+
+        "embed_images" is what --format parquet was called before --format existed: files and
+        parquet hash exactly as they did then, so their job ids (and resumes) are unchanged.
+        """
+        identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
             "sampling": asdict(self.sampling),
             "shard_size": self.output.shard_size,
-            "embed_images": self.output.embed_images,
+            "embed_images": self.output.format == "parquet",
         }
+        if self.output.format not in ("files", "parquet"):
+            identity["format"] = self.output.format
+        return identity
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

@@ -25,7 +25,7 @@ class ShardTask:
     sampling: SamplingConfig
     batch_size: int
     created_at: str  # the job's creation time (ISO 8601): every row gets it, so re-runs write identical bytes
-    embed_images: bool = False
+    format: str = "files"  # --format: which writer stores the images (workers/writers.py)
 
 
 @dataclass
