@@ -21,35 +21,33 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _complete_file(self, key: str, data: bytes):
+        """A complete temporary file in the key's folder, removed afterwards unless it was renamed."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Temporary name in the same folder, then rename: atomic on POSIX file systems.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
+            yield tmp, path
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._complete_file(key, data) as (tmp, path):
+            os.replace(tmp, path)  # rename within one folder: atomic on POSIX file systems
 
     def create(self, key: str, data: bytes) -> str | None:
         """Write only if the key does not exist: a hard link of a complete temporary file is atomic and
         fails when the name exists, so exactly one of concurrent creators wins. Returns the version
         (the content's sha256), or None when the key exists."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.link(tmp, path)
-            return hashlib.sha256(data).hexdigest()
-        except FileExistsError:
-            return None
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with self._complete_file(key, data) as (tmp, path):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return None
+        return hashlib.sha256(data).hexdigest()
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -80,14 +78,16 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def _locked(self, key: str):
-        lock = self._path(key).with_name(f".lock-{self._path(key).name}")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        """An advisory lock on the key's folder (flock works on a directory's descriptor), so no lock
+        file is left in the job folder."""
+        folder = self._path(key).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -105,7 +105,7 @@ class LocalStorage:
             return []
         keys = []
         for path in folder.rglob("*"):
-            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)

@@ -281,23 +281,20 @@ class S3Storage:
 
     def replace(self, key: str, data: bytes, version: str) -> str | None:
         """PUT only if the object is still at `version` (If-Match: compare-and-swap): the new ETag, or None."""
-        try:
-            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=version)["ETag"]
-        except ClientError as exc:
-            if _code(exc) in _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES:
-                return None
-            raise self._error(exc, key) from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key) from None
+        response = self._if_match(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=version))
+        return response["ETag"] if response else None
 
     def delete_version(self, key: str, version: str) -> bool:
         """DELETE only if the object is still at `version`; False when it is not (or is gone)."""
+        return self._if_match(key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)) is not None
+
+    def _if_match(self, key: str, request):
+        """The request's response, or None when its If-Match condition did not hold."""
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)
-            return True
+            return request()
         except ClientError as exc:
             if _code(exc) in _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES:
-                return False
+                return None
             raise self._error(exc, key) from None
         except BotoCoreError as exc:
             raise self._error(exc, key) from None
