@@ -38,9 +38,10 @@ def cli() -> None:
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
 def submit(count, job_id, model, dry_run, cluster, wait, as_json, **options):
-    """Generate COUNT images into OUT as Parquet shards + PNG files.
+    """Generate --count images into --out: Parquet shards plus the images (see --format).
 
-    Running the same command again resumes the job: committed shards are skipped.
+    Running the same command again resumes the job: committed shards are skipped, and a
+    finished job is left untouched.
     """
 
     try:

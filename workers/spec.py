@@ -123,8 +123,8 @@ class OutputConfig:
 class RunConfig:
     """How the job runs; none of it changes the images, so none of it is in the job id."""
 
-    gpus: int = option(0, "GPU actors' GPUs: at most this many GPUs are used, each as the cluster's autoscaler adds "
-                       "it; the job starts on the first and grows without a restart.", metavar="N",
+    gpus: int = option(0, "GPUs to sample on, one actor each (K with --actors-per-gpu). The autoscaler is asked for "
+                       "them at once; the job starts on the first that is ready and grows as nodes join.", metavar="N",
                        show="every GPU the cluster has or its autoscaler can add")
     actors_per_gpu: int = option(1, "Sampler actors sharing one GPU (each asks Ray for 1/K of a GPU).", metavar="K")
     actors: int = option(0, "CPU sampler actors (jobs without GPUs).", metavar="N",
