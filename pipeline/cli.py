@@ -1,6 +1,7 @@
 """The `novarch-batch` command line: thin click wrappers over plain functions that tests call."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -76,7 +77,10 @@ def run_job(spec, as_json: bool) -> None:
     progress = Progress()
     progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
     try:
-        report = driver.run(spec, progress)
+        # Ray's own notices (a lost node's raylet, say) are printed to stdout from its threads:
+        # send them to stderr, so stdout carries the summary alone (--json readers parse it).
+        with contextlib.redirect_stdout(sys.stderr):
+            report = driver.run(spec, progress)
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
     except (driver.JobFailed, StorageError, JobBusy) as e:

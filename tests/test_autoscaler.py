@@ -50,8 +50,8 @@ def submit(cluster, out: Path, *flags: str, env: dict | None = None, wait: bool 
 
 
 def summary(stdout: str) -> dict:
-    """The --json line; Ray itself may print a node's death to stdout before it."""
-    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+    """--json: stdout is the summary alone, even when Ray reports a node's death (it goes to stderr)."""
+    return json.loads(stdout)
 
 
 def ids(job: Path) -> list[int]:
