@@ -76,3 +76,19 @@ def test_choices_are_checked_for_python_callers_too(tmp_path):
         build_spec(count=8, out=str(tmp_path), sampler="euler")
     with pytest.raises(SpecError, match="--device must be one of auto, cpu, cuda, got 'tpu'"):
         build_spec(count=8, out=str(tmp_path), device="tpu")
+
+
+def test_a_sampling_field_added_later_leaves_job_ids_alone(tmp_path, monkeypatch):
+    """Hash a spec as if SamplingConfig had grown an option: at its default it is not in the job id."""
+    import dataclasses
+
+    from novarch_batch.workers import spec as spec_module
+
+    plain = build_spec(count=8, out=str(tmp_path))
+    grown = dataclasses.make_dataclass("Grown", [("new_option", float, dataclasses.field(default=1.0))],
+                                       bases=(SamplingConfig,), frozen=True)
+    monkeypatch.setitem(spec_module.FIELDS, "new_option", dataclasses.fields(grown)[-1])
+    at_default = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling)))
+    assert at_default.spec_hash() == plain.spec_hash()
+    changed = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling), new_option=2.0))
+    assert changed.spec_hash() != plain.spec_hash()

@@ -101,6 +101,7 @@ class SamplingConfig:
 
 
 FIELDS = {f.name: f for f in fields(SamplingConfig)}
+FIRST_SAMPLING_FIELDS = ("class_name", "sampler", "steps", "guidance", "eta", "seed")  # always in the job id, as in schema 1
 OPTIONAL_FIELDS = tuple(sorted({name for used in SAMPLER_OPTIONS.values() for name in used}))
 
 
@@ -171,10 +172,14 @@ class JobSpec:
         "embed_images" is what --format parquet was called before --format existed: files and
         parquet hash exactly as they did then, so their job ids (and resumes) are unchanged.
         """
+        # A sampling field added later is hashed only when set away from its default, so adding
+        # an option never changes the job id (and so the resume) of a job that does not use it.
+        sampling = {name: value for name, value in asdict(self.sampling).items()
+                    if name in FIRST_SAMPLING_FIELDS or value != FIELDS[name].default}
         identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
-            "sampling": asdict(self.sampling),
+            "sampling": sampling,
             "shard_size": self.output.shard_size,
             "embed_images": self.output.format == "parquet",
         }
