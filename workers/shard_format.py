@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from novarch_batch.workers.spec import SamplingConfig
 
 SCHEMA_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # what reader.py and verify.py accept; docs/format.md lists what changed
@@ -22,6 +25,17 @@ NO_LABEL = -1  # `label` of an unconditional (--class any) image: the `datasets`
 # with 256x256 images (~100 KB PNGs) would get ~40 rows per group instead of one 100 MB group.
 ROW_GROUP_BYTES = 4 << 20
 
+_ARROW_TYPES = {str: pa.string(), int: pa.int32(), float: pa.float64(), bool: pa.bool_()}
+
+
+def sampling_fields() -> list[pa.Field]:
+    """A column per sampling option, typed from its field: a new option gets its column by itself.
+    (class_label is placed by hand above, beside its label.)"""
+    hints = typing.get_type_hints(SamplingConfig)
+    return [pa.field(column, _ARROW_TYPES[hints[name]], nullable=False)
+            for name, column in SamplingConfig.column_fields() if column != "class_label"]
+
+
 SCHEMA = pa.schema(
     [
         pa.field("id", pa.int64(), nullable=False),
@@ -33,10 +47,7 @@ SCHEMA = pa.schema(
         # nullable: `datasets` applies a feature from the metadata only to a field typed exactly as
         # its own (nullable) one, and would read a non-nullable `label` as a plain int64.
         pa.field("label", pa.int64(), nullable=True),
-        pa.field("sampler", pa.string(), nullable=False),
-        pa.field("steps", pa.int32(), nullable=False),
-        pa.field("guidance", pa.float64(), nullable=False),
-        pa.field("eta", pa.float64(), nullable=False),
+        *sampling_fields(),  # sampler, steps, guidance, eta, ...: one per SamplingConfig option
         pa.field("model", pa.string(), nullable=False),
         pa.field("model_sha256", pa.string(), nullable=False),
         pa.field("image_key", pa.string(), nullable=False),

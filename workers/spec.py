@@ -95,9 +95,14 @@ class SamplingConfig:
         """The optional fields this sampler reads, as keyword arguments of its function."""
         return {name: getattr(self, name) for name in SAMPLER_OPTIONS[self.sampler]}
 
+    @classmethod
+    def column_fields(cls) -> list[tuple[str, str]]:
+        """(field name, Parquet column name) of every field that is a column, in field order."""
+        return [(f.name, f.metadata["column"] or f.name) for f in fields(cls) if f.metadata["column"] is not None]
+
     def columns(self) -> dict:
         """Parquet column name -> value, the same for every row of the job."""
-        return {(f.metadata["column"] or f.name): getattr(self, f.name) for f in fields(self) if f.metadata["column"] is not None}
+        return {column: getattr(self, name) for name, column in self.column_fields()}
 
 
 FIELDS = {f.name: f for f in fields(SamplingConfig)}
