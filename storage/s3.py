@@ -53,6 +53,7 @@ _ACCESS_CODES = {
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
 _CONFLICT_CODES = {"ConditionalRequestConflict", "409"}
+_CONDITION_FAILED = _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES  # an If-Match that did not hold
 CONFLICT_RETRIES = 5
 
 
@@ -214,15 +215,7 @@ class S3Storage:
             raise self._error(exc, key) from None
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
-        except ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
-                return False
-            raise self._error(exc, key) from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key) from None
+        return self._unless(key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)), _NOT_FOUND_CODES) is not None
 
     def list(self, prefix: str = "") -> list[str]:
         # list("") on s3://b/p lists "p/", never the sibling "p2/".
@@ -269,31 +262,30 @@ class S3Storage:
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """(bytes, ETag), or None when the key does not exist."""
-        try:
+        def get():
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read(), response["ETag"]
-        except ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
-                return None
-            raise self._error(exc, key) from None
-        except BotoCoreError as exc:
-            raise self._error(exc, key) from None
+
+        return self._unless(key, get, _NOT_FOUND_CODES)
 
     def replace(self, key: str, data: bytes, version: str) -> str | None:
         """PUT only if the object is still at `version` (If-Match: compare-and-swap): the new ETag, or None."""
-        response = self._if_match(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=version))
+        response = self._unless(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=version),
+                                _CONDITION_FAILED)
         return response["ETag"] if response else None
 
     def delete_version(self, key: str, version: str) -> bool:
         """DELETE only if the object is still at `version`; False when it is not (or is gone)."""
-        return self._if_match(key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)) is not None
+        return self._unless(key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version),
+                            _CONDITION_FAILED) is not None
 
-    def _if_match(self, key: str, request):
-        """The request's response, or None when its If-Match condition did not hold."""
+    def _unless(self, key: str, request, refused: set[str]):
+        """The request's response, or None when S3 answered with one of the `refused` error codes
+        (not found, a condition that did not hold); any other error names the fix."""
         try:
             return request()
         except ClientError as exc:
-            if _code(exc) in _PRECONDITION_CODES | _NOT_FOUND_CODES | _CONFLICT_CODES:
+            if _code(exc) in refused:
                 return None
             raise self._error(exc, key) from None
         except BotoCoreError as exc:

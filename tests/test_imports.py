@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT = str(Path(sys.executable).with_name("lint-imports"))
 PACKAGES = ("pipeline", "training", "workers", "storage")
@@ -30,22 +32,17 @@ def staged_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_an_import_pointing_back_breaks_the_layers(tmp_path):
+@pytest.mark.parametrize("module,imports,broken", [
+    ("storage/local.py", "novarch_batch.workers import spec", "pipeline -> training -> workers -> storage, never back"),
+    ("workers/seeds.py", "novarch_batch.workers import samplers", "no import cycles between modules of a package"),
+], ids=["pointing back", "a cycle"])
+def test_a_staged_violation_breaks_its_contract(module, imports, broken, tmp_path):
     staged = staged_copy(tmp_path)
-    local = staged / "novarch_batch" / "storage" / "local.py"
-    local.write_text(local.read_text() + "\nfrom novarch_batch.workers import spec  # noqa: E402\n")
+    source = staged / "novarch_batch" / module
+    source.write_text(source.read_text() + f"\nfrom {imports}  # noqa: E402\n")
     done = lint(staged, str(staged))
     assert done.returncode != 0
-    assert "pipeline -> training -> workers -> storage, never back BROKEN" in done.stdout, done.stdout
-
-
-def test_a_cycle_breaks_the_acyclic_contract(tmp_path):
-    staged = staged_copy(tmp_path)
-    seeds = staged / "novarch_batch" / "workers" / "seeds.py"
-    seeds.write_text(seeds.read_text() + "\nfrom novarch_batch.workers import samplers  # noqa: E402\n")
-    done = lint(staged, str(staged))
-    assert done.returncode != 0
-    assert "no import cycles between modules of a package BROKEN" in done.stdout, done.stdout
+    assert f"{broken} BROKEN" in done.stdout, done.stdout
 
 
 def test_a_users_own_pipeline_and_workers_modules_do_not_shadow_the_project(tmp_path):
