@@ -62,22 +62,22 @@ def validate_out(out: str) -> str:
 
 
 def resolve_model(model: str | None) -> tuple[str, Path]:
-    """(what actors are given, a local folder to read now): an s3:// model is fetched into this
-    node's cache here, and again (once per node, sha256-checked) by the actors."""
-    from novarch_batch.workers.model import default_model_dir
+    """(what actors are given, a local folder to read now): the shipped model by name, a local folder
+    as an absolute path, an s3:// model as is (fetched into this node's cache here, and again, once
+    per node and sha256-checked, by the actors)."""
+    from novarch_batch.storage import StorageError
+    from novarch_batch.workers.model_cache import fetch_model_folder
 
     if not model or model == SHIPPED_MODEL:
-        return SHIPPED_MODEL, default_model_dir()
-    if model.startswith("s3://"):
-        from novarch_batch.storage import StorageError
-        from novarch_batch.workers.model_cache import fetch_model_folder
-
-        try:
-            return model, fetch_model_folder(model)
-        except StorageError as e:
-            raise SpecError(f"--model {model}: {e}") from None
-    local = Path(model.removeprefix("file://")).expanduser().absolute()
-    return str(local), local
+        ref = SHIPPED_MODEL
+    elif model.startswith("s3://"):
+        ref = model
+    else:
+        ref = str(Path(model.removeprefix("file://")).expanduser().absolute())
+    try:
+        return ref, fetch_model_folder(ref)
+    except StorageError as e:
+        raise SpecError(f"--model {model}: {e}") from None
 
 
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:
