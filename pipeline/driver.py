@@ -153,7 +153,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         note=progress.note,
         placement_timeout=spec.run.placement_timeout,
         describe_unplaced=resources.unplaced,
-        on_event=lambda name, n: metrics.add(f"{'shard_retries' if name == 'retries' else name}_total", n),
+        on_event=metrics.add,
         on_tick=lambda scheduler: progress.tick(scheduler.pool_status),
     )
     try:

@@ -51,7 +51,7 @@ class ShardScheduler:
     def __init__(self, make_actor: Callable[[], object], actors: int, make_task: Callable[[Shard], ShardTask],
                  on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None],
                  placement_timeout: float = 600.0, describe_unplaced: Callable[[], str] = lambda: "no actor could be placed",
-                 on_event: Callable[[str, int], None] = lambda name, n: None,
+                 on_event: Callable[[str, int], None] = lambda counter, n: None,  # counter: a pipeline.metrics name
                  on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None):
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
         self.placement_timeout, self.describe_unplaced, self.on_event, self.on_tick = placement_timeout, describe_unplaced, on_event, on_tick
@@ -172,13 +172,16 @@ class ShardScheduler:
             if getattr(e, "actor_init_failed", False):
                 self._startup_failed(slot, first_line_of_cause(e))
             else:
-                self.preemptions += 1  # its node went away while it loaded: try again elsewhere
-                self.on_event("preemptions", 1)
+                self._preempted()  # its node went away while it loaded: try again elsewhere
                 self._replace(slot)
             return
         self.in_flight[slot] = 0
         self.ready_times.append(time.perf_counter())
         self.first_ready = self.first_ready or self.ready_times[-1]
+
+    def _preempted(self) -> None:
+        self.preemptions += 1
+        self.on_event("preemptions_total", 1)
 
     def _startup_failed(self, slot: int, error: str) -> None:
         self.startup_failures += 1
@@ -211,8 +214,7 @@ class ShardScheduler:
         """The actor died under the shard (node lost, spot preemption): not the shard's fault, so the
         attempt is handed back and the shard goes first in the queue, for the next ready actor."""
         self.attempts[shard.index] -= 1
-        self.preemptions += 1
-        self.on_event("preemptions", 1)
+        self._preempted()
         self.failed_at.setdefault(shard.index, time.perf_counter())
         message = (f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) lost with its actor "
                    f"({type(error).__name__}); queued again, not counted as an attempt")
@@ -234,6 +236,6 @@ class ShardScheduler:
         else:
             self.note(f"retrying {message}")
             self.retries += 1
-            self.on_event("retries", 1)
+            self.on_event("shard_retries_total", 1)
             self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
             self.queue.appendleft(shard)
