@@ -68,11 +68,14 @@ def preview(job_url, out_png, count, cols):
 
 
 @click.command()
-@click.option("--out", "out_png", default="explain.png", show_default=True, help="PNG file to write.")
+@click.option("--out", "out_png", default="explain.png", show_default=True, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--model", default=None, metavar="PATH", help="Model folder (default: the shipped NovArch-tiny).")
-def explain(out_png, seed, model):
-    """Forward diffusion of a real image into noise, and reverse diffusion from noise to a building and a house."""
+@click.option("--model", default=None, metavar="NAME|PATH", help="Model folder or shipped name (default: the shipped NovArch-tiny).")
+@click.option("--trajectories", default=500, show_default=True, type=click.IntRange(min=0),
+              help="Unconditional samples whose judged p(house) is drawn step by step (0: no peaks picture).")
+def explain(out_png, seed, model, trajectories):
+    """Forward diffusion of a real image into noise, reverse diffusion from noise to a building and a
+    house, and the two peaks: unconditional samples drift to a building or a house, nothing in between."""
     from novarch_batch.storage import StorageError
     from novarch_batch.training.explain import render_explain
     from novarch_batch.workers.generate import ImageGenerator
@@ -85,3 +88,12 @@ def explain(out_png, seed, model):
     except (ModelError, StorageError) as e:
         _runtime_error(e)
     click.echo(f"wrote {render_explain(generator, out_png, seed=seed)}")
+    if trajectories:
+        from pathlib import Path
+
+        from novarch_batch.training.peaks import BETWEEN, house_trajectories, render_peaks, share_between
+
+        paths = house_trajectories(generator, trajectories)
+        peaks_png = Path(out_png).with_name(Path(out_png).stem + "-peaks.png")
+        click.echo(f"wrote {render_peaks(paths, peaks_png)}: {share_between(paths):.1%} of {trajectories} unconditional "
+                   f"samples end between the peaks ({BETWEEN[0]} < p(house) < {BETWEEN[1]})")

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from novarch_batch.pipeline.auth import enable_token_auth
-from novarch_batch.workers.spec import SHIPPED_MODEL, JobSpec
+from novarch_batch.workers.spec import SHIPPED_MODELS, JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60  # how long a freshly started head may take to accept jobs
@@ -62,7 +62,7 @@ def refusal(spec: JobSpec) -> str | None:
     if urlparse(spec.output.out).scheme in ("", "file"):
         return (f"--out {spec.output.out}: a local folder is on this machine, not on the cluster's nodes; "
                 f"use --out s3://BUCKET/PREFIX with --cluster")
-    if spec.model != SHIPPED_MODEL and not spec.model.startswith("s3://"):
+    if spec.model not in SHIPPED_MODELS and not spec.model.startswith("s3://"):
         return (f"--model {spec.model}: a local folder does not reach the cluster; upload it "
                 f"(aws s3 cp --recursive {spec.model} s3://BUCKET/models/NAME) and pass --model s3://BUCKET/models/NAME")
     return None

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 from novarch_batch.pipeline.spec import JobSpec, SpecError
-from novarch_batch.storage import Storage, StorageError
+from novarch_batch.storage import Storage, StorageError, sha256_file
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import read_checksum
 
@@ -66,11 +66,26 @@ def check_same_spec(job: Storage, spec: JobSpec, existing: dict) -> None:
             f"{job.url} was started with Parquet schema {written}; this version writes schema {shard_format.SCHEMA_VERSION}, "
             f"and one job must not mix them: finish it with the novarch-batch that started it, or start anew with another --job-id"
         )
+    started_with = (existing.get("model") or {}).get("sha256")
+    if started_with and started_with != spec.model_sha256:
+        name = shipped_model_named(started_with) or existing["model"].get("path", "the model that started it")
+        raise SpecError(
+            f"{job.url} was started with another model (weights sha256 {started_with[:12]}), and one job must not "
+            f"mix two models: resume it with --model {name}, or start anew with another --job-id"
+        )
     if existing.get("spec_hash") != spec.spec_hash():
         raise SpecError(
             f"{job.url} holds job '{spec.job_id}' with another spec (hash {str(existing.get('spec_hash'))[:12]}); "
             f"choose another --job-id or --out, or repeat the original flags to resume it"
         )
+
+
+def shipped_model_named(sha256: str) -> str | None:
+    """The shipped model whose weights have this sha256 (v1 stays shipped for exactly this), if any."""
+    from novarch_batch.workers.model import WEIGHTS, default_model_dir
+    from novarch_batch.workers.spec import SHIPPED_MODELS
+
+    return next((name for name in SHIPPED_MODELS if sha256_file(default_model_dir(name) / WEIGHTS) == sha256), None)
 
 
 def committed_shards(job: Storage) -> set[int]:

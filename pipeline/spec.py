@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
     SHIPPED_MODEL,
+    SHIPPED_MODELS,
     JobSpec,
     OutputConfig,
     RunConfig,
@@ -62,14 +63,14 @@ def validate_out(out: str) -> str:
 
 
 def resolve_model(model: str | None) -> tuple[str, Path]:
-    """(what actors are given, a local folder to read now): the shipped model by name, a local folder
+    """(what actors are given, a local folder to read now): a shipped model by name, a local folder
     as an absolute path, an s3:// model as is (fetched into this node's cache here, and again, once
     per node and sha256-checked, by the actors)."""
     from novarch_batch.storage import StorageError
     from novarch_batch.workers.model_cache import fetch_model_folder
 
-    if not model or model == SHIPPED_MODEL:
-        ref = SHIPPED_MODEL
+    if not model or model in SHIPPED_MODELS:
+        ref = model or SHIPPED_MODEL
     elif model.startswith("s3://"):
         ref = model
     else:

@@ -1,13 +1,14 @@
-"""One shared suite run against every sampler: diffusers agreement, determinism, guidance."""
+"""One shared suite run against every sampler and both shipped models (v2 predicts v on a
+zero-terminal-SNR schedule, v1 predicts epsilon): diffusers agreement, determinism, guidance."""
 from __future__ import annotations
 
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from novarch_batch.workers.model import ModelInfo, make_denoiser
+from novarch_batch.workers.model import ModelInfo, default_model_dir, load_unet, make_denoiser
 from novarch_batch.workers.samplers import SAMPLERS, Schedule
-from novarch_batch.workers.spec import SAMPLER_OPTIONS
+from novarch_batch.workers.spec import SAMPLER_OPTIONS, SHIPPED_MODELS
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
 from novarch_batch.workers.seeds import draw_noise, make_generators, sample_seed
 
@@ -15,9 +16,40 @@ STEPS = 10
 SEEDS = [sample_seed(7, i) for i in range(3)]
 
 
+@pytest.fixture(scope="module", params=SHIPPED_MODELS)
+def model(request):
+    """(unet, info) of each shipped model."""
+    folder = default_model_dir(request.param)
+    return load_unet(folder, torch.device("cpu")), ModelInfo.read(folder)
+
+
 @pytest.fixture(scope="module")
-def info(model_dir):
-    return ModelInfo.read(model_dir)
+def unet(model):
+    return model[0]
+
+
+@pytest.fixture(scope="module")
+def info(model):
+    return model[1]
+
+
+def schedule_of(info, timesteps, clip_sample=None) -> Schedule:
+    config = info.scheduler_config
+    clip = config["clip_sample"] if clip_sample is None else clip_sample
+    return Schedule(alphas_cumprod_for(config), timesteps, clip, config.get("prediction_type", "epsilon"))
+
+
+def test_shipped_models_cover_both_parameterisations():
+    types = {ModelInfo.read(default_model_dir(name)).scheduler_config["prediction_type"] for name in SHIPPED_MODELS}
+    assert types == {"epsilon", "v_prediction"}
+
+
+def test_zero_terminal_snr_schedule_matches_diffusers():
+    config = ModelInfo.read(default_model_dir()).scheduler_config
+    assert config["rescale_betas_zero_snr"] and config["prediction_type"] == "v_prediction"
+    ours = alphas_cumprod_for(config)
+    assert ours[-1] == 0.0  # t = T is pure noise
+    assert torch.allclose(ours, DDPMScheduler.from_config(config).alphas_cumprod, rtol=1e-6, atol=1e-9)
 
 
 def diffusers_scheduler(name: str, config: dict):
@@ -35,7 +67,7 @@ def diffusers_scheduler(name: str, config: dict):
 def run_ours(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS):
     gens = make_generators(seeds)
     x = draw_noise(gens, (3, 32, 32))
-    schedule = Schedule(alphas_cumprod_for(info.scheduler_config), trailing_timesteps(1000, steps), info.scheduler_config["clip_sample"])
+    schedule = schedule_of(info, trailing_timesteps(1000, steps))
     denoise = make_denoiser(unet, torch.tensor(labels), info.null_label, guidance)
     with torch.inference_mode():
         options = {"eta": eta} if "eta" in SAMPLER_OPTIONS[name] else {}  # as SamplingConfig.sampler_kwargs passes it
@@ -57,9 +89,9 @@ def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0):
             # sqrt(alpha_bar) ~ 5e-5, so even kernel rounding from another batch shape would show.
             both = unet(torch.cat([x, x]), t.repeat(2 * len(seeds)), class_labels=torch.cat([y, null])).sample
             cond, uncond = both.chunk(2)
-            eps = uncond + guidance * (cond - uncond)
+            out = uncond + guidance * (cond - uncond)  # epsilon or v, as the model predicts
             kwargs = {"eta": eta} if name == "ddim" else {}
-            x = sched.step(eps, t, x, generator=gens, **kwargs).prev_sample
+            x = sched.step(out, t, x, generator=gens, **kwargs).prev_sample
     return x
 
 
@@ -102,13 +134,14 @@ def test_guidance_endpoints(name, unet, info):
     assert (cond_only - nulls_ignored).norm() / nulls_ignored.norm() < 1e-3
 
 
-def test_ancestral_noise_comes_from_the_sample_generator(unet, info):
-    """DDPM with a zero network: every step's noise must be the next draw of the sample's generator."""
+def test_ancestral_noise_comes_from_the_sample_generator():
+    """DDPM with a zero epsilon network: every step's noise must be the next draw of the sample's generator."""
+    info = ModelInfo.read(default_model_dir("novarch-tiny-v1"))
     zero = lambda x, t: torch.zeros_like(x)
     seeds = SEEDS[:2]
     gens = make_generators(seeds)
     x = draw_noise(gens, (3, 32, 32))
-    schedule = Schedule(alphas_cumprod_for(info.scheduler_config), [999, 500], clip_sample=False)
+    schedule = schedule_of(info, [999, 500], clip_sample=False)
     out = SAMPLERS["ddpm"](zero, x.clone(), schedule, generators=gens)
     # Independent computation of the same two steps from the formulas (Ho et al. eq. 7).
     ac = alphas_cumprod_for(info.scheduler_config).double()
@@ -138,3 +171,16 @@ def test_every_sampler_has_its_options_declared():
     for name, fn in SAMPLERS.items():
         params = inspect.signature(fn).parameters
         assert [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY] == ["generators", *SAMPLER_OPTIONS[name], "callback"]
+
+
+def test_v_prediction_recovers_the_image_at_pure_noise():
+    """At alpha_bar = 0 the v network's x0 is -v: a v model is defined where epsilon is not."""
+    from novarch_batch.workers.samplers import predict
+
+    config = ModelInfo.read(default_model_dir()).scheduler_config
+    schedule = schedule_of(ModelInfo.read(default_model_dir()), [999])
+    x, v = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4) - 0.5
+    x0, eps = predict(x, v, 0.0, schedule)
+    assert torch.equal(x0, -v) and torch.equal(eps, x)
+    with pytest.raises(ValueError, match="train the model with prediction_type v_prediction"):
+        Schedule(alphas_cumprod_for(config), [999], True, "epsilon")

@@ -101,6 +101,25 @@ def test_job_id_reused_with_another_spec_is_refused(finished_job, ray_local):
         driver.run(clash)
 
 
+def test_job_begun_with_v1_is_refused_with_v2_and_finishes_with_v1(ray_local, tmp_path):
+    """The model's sha256 is part of the job: a v1 job is never completed with v2 images."""
+    options = dict(count=4, out=str(tmp_path), steps=2, shard_size=2, batch_size=2, actors=1, job_id="old")
+    v1, v2 = build_spec(model="novarch-tiny-v1", **options), build_spec(**options)
+    assert v1.model_sha256 != v2.model_sha256 and v1.spec_hash() != v2.spec_hash()
+    driver.run(v1)
+    job_dir = tmp_path / "old"
+    lost = job_dir / shard_format.shard_key(1)
+    original = lost.read_bytes()
+    lost.unlink()  # an interrupted v1 job: one shard to go
+    (job_dir / "_SUCCESS").unlink()
+    with pytest.raises(SpecError, match="another model .* resume it with --model novarch-tiny-v1"):
+        driver.run(v2)
+    assert not lost.exists() and not (job_dir / "_SUCCESS").exists()  # nothing written
+    assert driver.run(v1).images_sampled == 2 and lost.read_bytes() == original
+    default_ids = {build_spec(count=4, out=str(tmp_path), model=m).job_id for m in ("novarch-tiny", "novarch-tiny-v1")}
+    assert len(default_ids) == 2  # without --job-id, the two models' jobs never share a folder
+
+
 def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
     spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, actors=1, seed=2, format="parquet")
     driver.run(spec)

@@ -10,6 +10,7 @@ from PIL import Image
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.explain import FRAMES, SCALE, render_explain
+from novarch_batch.training.peaks import house_trajectories, render_peaks, share_between
 from novarch_batch.training.judge import default_folder, load_judge, predict_proba
 from novarch_batch.training.metrics import frechet_distance, nearest_l2
 from novarch_batch.training.preview import render_grid
@@ -52,6 +53,36 @@ def test_smoke_training_is_reproducible(smoke_folder, tmp_path):
 def test_bad_config_names_the_fix():
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         TrainConfig(out="x", steps=0)
+    with pytest.raises(ValueError, match="needs prediction_type v_prediction"):
+        TrainConfig(out="x", prediction_type="epsilon")  # zero terminal SNR is the default
+
+
+def test_smoke_training_writes_a_v_prediction_zero_snr_model(smoke_folder):
+    config = json.loads((smoke_folder / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"]
+    meta = json.loads((smoke_folder / "novarch.json").read_text())
+    assert meta["prediction_type"] == "v_prediction" and meta["reproduce"].startswith("novarch-batch train --out OUT --steps 3 ")
+
+
+def test_batches_do_not_depend_on_the_workers_that_paint_them(tmp_path):
+    """Step s's batch comes from (seed, s) alone: two worker processes give the in-process bytes."""
+    from novarch_batch.training.train import TrainingBatches
+
+    cfg = TrainConfig(out=str(tmp_path), steps=4, batch_size=3, threads=1)
+    alone = [TrainingBatches(cfg, 1000)[s] for s in range(4)]
+    loader = torch.utils.data.DataLoader(TrainingBatches(cfg, 1000), batch_size=None, num_workers=2)
+    for a, b in zip(alone, loader, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(alone[0]["noise"], alone[1]["noise"])
+
+
+def test_max_seconds_plans_the_steps_from_the_warmup_pace(tmp_path):
+    from novarch_batch.training.train import PROBE_FROM, planned_steps
+
+    cfg = TrainConfig(out=str(tmp_path), steps=10_000, warmup=PROBE_FROM + 100, max_seconds=60)
+    # 100 steps in 2 s after 3 s of start-up: 50 steps/s for the 57 s left
+    assert planned_steps(cfg, PROBE_FROM + 100, 2.0, 3.0) == PROBE_FROM + 100 + 2850
+    assert planned_steps(cfg, PROBE_FROM + 100, 0.01, 3.0) == 10_000  # never past --steps
 
 
 def test_shipped_judge_tells_buildings_from_houses():
@@ -108,3 +139,14 @@ def test_render_explain(tmp_path):
     with Image.open(out) as im:
         im.load()
         assert im.width > FRAMES * 32 * SCALE and im.height > 3 * 32 * SCALE
+
+
+def test_unconditional_samples_end_at_the_two_peaks(tmp_path):
+    """The seed's promise with the shipped model: each trajectory ends a building or a house."""
+    paths = house_trajectories(ImageGenerator(default_model_dir(), "cpu"), 24)
+    assert paths.shape == (24, 10) and ((paths >= 0) & (paths <= 1)).all()
+    assert share_between(paths) <= 1 / 24  # 0.2% of 500 in MODEL.md
+    final = paths[:, -1]
+    assert (final > 0.9).any() and (final < 0.1).any()  # both peaks are reached
+    out = render_peaks(paths, tmp_path / "peaks.png")
+    assert Image.open(out).size[0] > 600

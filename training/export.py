@@ -10,11 +10,14 @@ CLASSES = ("building", "house")
 NULL_LABEL = 2  # the class-free label used for unconditional sampling and guidance
 
 
-def build_unet() -> UNet2DModel:
-    """The fixed NovArch-tiny architecture (~1.06M parameters)."""
+DEFAULT_CHANNELS = (32, 64, 64)
+
+
+def build_unet(channels: tuple[int, ...] = DEFAULT_CHANNELS) -> UNet2DModel:
+    """The NovArch-tiny UNet: three resolutions without attention (~1.06M parameters at the default widths)."""
     return UNet2DModel(
         sample_size=32, in_channels=3, out_channels=3,
-        block_out_channels=(32, 64, 64), layers_per_block=1,
+        block_out_channels=tuple(channels), layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
         num_class_embeds=len(CLASSES) + 1,  # + the null label
@@ -22,10 +25,14 @@ def build_unet() -> UNet2DModel:
     )
 
 
-def build_scheduler() -> DDPMScheduler:
-    """Training noise schedule; cosine betas keep the small 32x32 images from saturating early."""
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon")
+def build_scheduler(prediction_type: str = "v_prediction", zero_terminal_snr: bool = True) -> DDPMScheduler:
+    """Training noise schedule; cosine betas keep the small 32x32 images from saturating early.
+
+    The config is what samplers read: prediction type, zero-terminal-SNR rescaling and trailing
+    timesteps (which start sampling at t = T, the pure noise that training saw).
+    """
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                         rescale_betas_zero_snr=zero_terminal_snr, timestep_spacing="trailing")
 
 
 def base_meta() -> dict:
@@ -37,7 +44,6 @@ def base_meta() -> dict:
         "image_size": 32,
         "channels": 3,
         "pixel_range": [-1, 1],
-        "prediction_type": "epsilon",
     }
 
 
@@ -47,7 +53,7 @@ def save_model_folder(unet: UNet2DModel, scheduler, folder, meta: dict | None = 
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder, safe_serialization=True)
     scheduler.save_pretrained(folder)
-    full = {**base_meta(), **(meta or {})}
+    full = {**base_meta(), "prediction_type": scheduler.config.prediction_type, **(meta or {})}
     (folder / "novarch.json").write_text(json.dumps(full, indent=2) + "\n")
     for f in folder.iterdir():  # safetensors writes 0600; shipped package data must be world-readable
         if f.is_file():

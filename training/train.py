@@ -1,6 +1,6 @@
-"""Train NovArch-tiny: class-conditional epsilon-prediction DDPM on the procedural dataset.
+"""Train NovArch-tiny: a class-conditional diffusion model (v-prediction, zero terminal SNR) on the procedural dataset.
 
-    python -m novarch_batch.training.train --out workers/models/novarch-tiny --steps 1400 --batch-size 32 --threads 1
+    novarch-batch train --out workers/models/novarch-tiny --device cuda --max-seconds 240 ...   (MODEL.md has the shipped run)
 """
 from __future__ import annotations
 
@@ -19,15 +19,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
-from novarch_batch.training.export import NULL_LABEL, build_scheduler, build_unet, save_model_folder
+from novarch_batch.training.export import DEFAULT_CHANNELS, NULL_LABEL, build_scheduler, build_unet, save_model_folder
+from novarch_batch.workers.schedules import alphas_cumprod_for
 
 TRAIN_DATA_SEED = 1000  # the judge and the evaluation sets use other seeds (see training/evaluate.py)
+
+
+PROBE_FROM = 20  # --max-seconds times steps PROBE_FROM..warmup (past start-up, before the schedule needs its length)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
-    steps: int = 1400  # 1400 x 32 images: the shipped run, ~30 min on one core of a shared 2-core CPU
+    steps: int = 1400  # an upper bound when max_seconds is set (the run records the steps it made)
     batch_size: int = 32
     lr: float = 2e-3  # high for AdamW, fine for a 1M-parameter UNet with warmup and cosine decay
     warmup: int = 100
@@ -35,20 +39,35 @@ class TrainConfig:
     ema_decay: float = 0.999
     label_dropout: float = 0.15  # share of labels replaced by the null label (classifier-free guidance)
     snr_gamma: float = 5.0  # Min-SNR-5 weighting (Hang et al. 2023): faster convergence in few steps
+    prediction_type: str = "v_prediction"  # or "epsilon" (NovArch v1's objective)
+    zero_terminal_snr: bool = True  # rescale the schedule so that t = T is pure noise (Lin et al. 2023)
+    channels: tuple[int, ...] = DEFAULT_CHANNELS  # UNet block widths, one per resolution (32, 16, 8)
     data_seed: int = TRAIN_DATA_SEED
     seed: int = 0
     threads: int = 2  # 1 is faster when other work shares the 2 cores (no idle-spinning thread)
-    device: str = "cpu"  # "cuda" trains the same model on a GPU (data and noise still come from the CPU)
+    device: str = "cpu"  # "cuda" trains the same model on a GPU
+    data_workers: int = 0  # processes painting batches ahead of the trainer (0: in the trainer)
+    max_seconds: float | None = None  # fit the run into this time: the step count is set from a timed probe
     ckpt_dir: str | None = None
     ckpt_every: int = 500
     log_every: int = 10
 
     def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         for name in ("steps", "batch_size", "threads", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.zero_terminal_snr and self.prediction_type == "epsilon":
+            raise ValueError("a zero-terminal-SNR schedule needs prediction_type v_prediction "
+                             "(epsilon at pure noise says nothing about the image)")
+        if self.max_seconds is not None and self.warmup <= PROBE_FROM:
+            raise ValueError(f"max_seconds times the warmup steps: warmup must exceed {PROBE_FROM}, got {self.warmup}")
+        if len(self.channels) != 3 or any(c < 8 or c % 8 for c in self.channels):
+            raise ValueError(f"channels must be three multiples of 8 (one per resolution), got {self.channels}")
 
 
 def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
@@ -56,11 +75,12 @@ def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
+def lr_at(step: int, cfg: TrainConfig, total: int | None = None) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak at step `total` (cfg.steps unless given)."""
+    total = total or cfg.steps
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -68,24 +88,52 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
     """EMA with warmup: the decay grows as (1+t)/(10+t) so early weights do not linger."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - d)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
-def diffusion_loss(unet, scheduler, x0, labels, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Min-SNR-weighted epsilon MSE at uniformly drawn timesteps (eq. 14, DDPM)."""
-    b = x0.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    drop = torch.rand(b, generator=gen) < cfg.label_dropout
-    labels = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
-    abar = scheduler.alphas_cumprod[t]
-    x0, noise, t, labels, abar = (v.to(cfg.device) for v in (x0, noise, t, labels, abar))
-    xt = scheduler.add_noise(x0, noise, t)
-    pred = unet(xt, t, class_labels=labels).sample
-    snr = abar / (1 - abar)
-    weight = torch.clamp(snr, max=cfg.snr_gamma) / snr  # epsilon target: min(SNR, g) / SNR
-    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+class TrainingBatches(torch.utils.data.Dataset):
+    """Step s's batch, drawn from (seed, s) alone: images, labels after dropout, noise and timesteps.
+
+    Every image is fresh (indices s*B .. s*B+B-1 of the data seed), and the batch does not depend on
+    which worker process paints it or how many there are, so a run is the same with any data_workers.
+    """
+
+    def __init__(self, cfg: TrainConfig, num_train_timesteps: int):
+        self.cfg, self.num_train_timesteps = cfg, num_train_timesteps
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        images, labels = make_images(np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size), cfg.data_seed)
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0]))
+        x0 = to_model_range(images)
+        t = torch.randint(0, self.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout
+        labels = torch.where(drop, torch.full((cfg.batch_size,), NULL_LABEL), torch.from_numpy(labels))
+        return {"x0": x0, "labels": labels, "noise": noise, "t": t}
+
+
+def diffusion_loss(unet, alphas_cumprod: torch.Tensor, batch: dict, cfg: TrainConfig) -> torch.Tensor:
+    """Min-SNR-weighted MSE of the network's prediction (epsilon or v) at uniformly drawn timesteps.
+
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps (DDPM eq. 4) with a = alpha_bar_t, SNR = a / (1 - a).
+    epsilon: weight min(SNR, g) / SNR (Hang et al. 2023). v = sqrt(a) eps - sqrt(1 - a) x0
+    (Salimans & Ho 2022): the v loss is the x0 loss weighted by SNR + 1, truncated here at g, so the
+    noisiest steps (SNR -> 0, where the sampler starts and the class is decided) keep full weight.
+    """
+    x0, noise, t, labels = batch["x0"], batch["noise"], batch["t"], batch["labels"]
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    pred = unet(xt, t, class_labels=labels).sample.float()
+    snr = (a / (1 - a)).flatten()
+    if cfg.prediction_type == "v_prediction":
+        target, weight = a.sqrt() * noise - (1 - a).sqrt() * x0, torch.clamp(snr + 1, max=cfg.snr_gamma) / (snr + 1)
+    else:
+        target, weight = noise, torch.clamp(snr, max=cfg.snr_gamma) / snr
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
     return (weight * per_sample).mean()
 
 
@@ -93,37 +141,59 @@ def train(cfg: TrainConfig) -> Path:
     """Run training; write the EMA weights to cfg.out and a loss log `train_log.jsonl` beside them."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    unet, scheduler = build_unet().to(cfg.device), build_scheduler()
+    device = torch.device(cfg.device)
+    unet = build_unet(cfg.channels).to(device)
+    scheduler = build_scheduler(cfg.prediction_type, cfg.zero_terminal_snr)
+    alphas_cumprod = alphas_cumprod_for(dict(scheduler.config)).to(device)  # the samplers' own schedule maths
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    batches = torch.utils.data.DataLoader(
+        TrainingBatches(cfg, len(alphas_cumprod)), batch_size=None, num_workers=cfg.data_workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.data_workers else None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.jsonl"
-    start, recent = time.perf_counter(), []
-    with log_path.open("w") as log, tqdm(range(cfg.steps), desc="train", unit="step") as bar:
-        for step in bar:
-            ids = np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size)  # every image fresh
-            images, labels = make_images(ids, cfg.data_seed)
+    total, start, recent, probe_start = cfg.steps, time.perf_counter(), [], None
+    with log_path.open("w") as log, tqdm(total=cfg.steps, desc="train", unit="step",
+                                         mininterval=1 if sys.stderr.isatty() else 30) as bar:
+        for step, batch in enumerate(batches):
+            if step == total:
+                break
+            if cfg.max_seconds is not None and step == PROBE_FROM:
+                probe_start = time.perf_counter()
+            if probe_start is not None and step == cfg.warmup:
+                total = planned_steps(cfg, step, time.perf_counter() - probe_start, time.perf_counter() - start)
+                bar.total = total
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            loss = diffusion_loss(unet, scheduler, to_model_range(images), torch.from_numpy(labels), cfg, gen)
+                group["lr"] = lr_at(step, cfg, total)
+            # bf16 on a GPU: the convolutions run at twice the rate; weights, optimizer and loss stay float32
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = diffusion_loss(unet, alphas_cumprod, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             opt.step()
             ema_update(ema, unet, step, cfg.ema_decay)
-            recent.append(loss.item())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                row = {"step": step + 1, "loss": float(np.mean(recent)), "lr": lr_at(step, cfg),
+            recent.append(loss.detach())
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                row = {"step": step + 1, "loss": float(torch.stack(recent).mean()), "lr": lr_at(step, cfg, total),
                        "seconds": round(time.perf_counter() - start, 1)}
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 recent = []
             if cfg.ckpt_dir and (step + 1) % cfg.ckpt_every == 0:
                 save_model_folder(ema, scheduler, cfg.ckpt_dir, _meta(cfg, step + 1, start, partial=True))
-    return save_model_folder(ema, scheduler, out, _meta(cfg, cfg.steps, start, partial=False))
+    return save_model_folder(ema, scheduler, out, _meta(cfg, min(step + 1, total), start, partial=False))
+
+
+def planned_steps(cfg: TrainConfig, step: int, probe_seconds: float, elapsed: float) -> int:
+    """Steps that fit in max_seconds at the rate of the probe (steps PROBE_FROM..step), at most cfg.steps."""
+    rate = (step - PROBE_FROM) / max(probe_seconds, 1e-9)
+    return max(step + 1, min(cfg.steps, step + int(rate * (cfg.max_seconds - elapsed))))
 
 
 def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool) -> dict:
@@ -135,27 +205,52 @@ def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool) -> dic
         "training_config": asdict(cfg),
         "weights": "ema",
         "torch": torch.__version__,
-        "command": " ".join(["python -m novarch_batch.training.train", *sys.argv[1:]]),
+        "hardware": torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
+        # the same run again, without the clock: the step count it made replaces --max-seconds
+        "reproduce": reproduce_command(cfg, steps_done),
     }
+
+
+def reproduce_command(cfg: TrainConfig, steps: int) -> str:
+    """`novarch-batch train` with every flag that shapes the weights (paths and speed-only flags left out)."""
+    flags = [f"--steps {steps}", f"--batch-size {cfg.batch_size}", f"--lr {cfg.lr:g}", f"--warmup {cfg.warmup}",
+             f"--ema-decay {cfg.ema_decay:g}", f"--label-dropout {cfg.label_dropout:g}",
+             f"--prediction-type {cfg.prediction_type}", "--zero-terminal-snr" if cfg.zero_terminal_snr else "--no-zero-terminal-snr",
+             f"--channels {','.join(map(str, cfg.channels))}", f"--data-seed {cfg.data_seed}", f"--seed {cfg.seed}"]
+    return "novarch-batch train --out OUT " + " ".join(flags) + f" --device {cfg.device}"
 
 
 @click.command()
 @click.option("--out", required=True, help="Model folder to write (diffusers format + novarch.json).")
-@click.option("--steps", default=TrainConfig.steps, show_default=True, type=int)
+@click.option("--steps", default=TrainConfig.steps, show_default=True, type=int,
+              help="Optimizer steps (the most, with --max-seconds).")
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=int)
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
 @click.option("--warmup", default=TrainConfig.warmup, show_default=True, type=int)
 @click.option("--ema-decay", default=TrainConfig.ema_decay, show_default=True, type=float)
 @click.option("--label-dropout", default=TrainConfig.label_dropout, show_default=True, type=float)
+@click.option("--prediction-type", default=TrainConfig.prediction_type, show_default=True,
+              type=click.Choice(["v_prediction", "epsilon"]), help="What the network predicts.")
+@click.option("--zero-terminal-snr/--no-zero-terminal-snr", default=TrainConfig.zero_terminal_snr, show_default=True,
+              help="Rescale the noise schedule so its last step is pure noise (needs v_prediction).")
+@click.option("--channels", default=",".join(map(str, DEFAULT_CHANNELS)), show_default=True,
+              help="UNet widths at 32, 16 and 8 pixels, comma-separated.")
 @click.option("--data-seed", default=TrainConfig.data_seed, show_default=True, type=int)
 @click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
 @click.option("--threads", default=TrainConfig.threads, show_default=True, type=int)
 @click.option("--device", default=TrainConfig.device, show_default=True, help="cpu or cuda.")
+@click.option("--data-workers", default=TrainConfig.data_workers, show_default=True, type=int,
+              help="Processes painting training batches ahead (a GPU needs several).")
+@click.option("--max-seconds", default=None, type=float,
+              help="Fit the run into this many seconds: the step count comes from the warmup's pace and is recorded.")
 @click.option("--ckpt-dir", default=None, help="Folder for periodic EMA checkpoints.")
 @click.option("--ckpt-every", default=TrainConfig.ckpt_every, show_default=True, type=int)
+@click.option("--log-every", default=TrainConfig.log_every, show_default=True, type=int,
+              help="Steps per line of train_log.jsonl (the mean loss over them).")
 def main(**kwargs) -> None:
     """Train NovArch-tiny and save its EMA weights."""
     try:
+        kwargs["channels"] = tuple(int(c) for c in kwargs["channels"].split(","))
         cfg = TrainConfig(**kwargs)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err

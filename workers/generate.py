@@ -34,6 +34,7 @@ class ImageGenerator:
         self.unet = load_unet(Path(folder), self.device, dtype)
         self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config).to(self.device)
         self.clip_sample = bool(self.info.scheduler_config.get("clip_sample", True))
+        self.prediction_type = self.info.scheduler_config.get("prediction_type", "epsilon")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -50,7 +51,7 @@ class ImageGenerator:
         labels = torch.full((len(seeds),), self.label_for(sampling.class_name), device=self.device, dtype=torch.long)
         denoise = make_denoiser(self.unet, labels, self.info.null_label, sampling.guidance)
         timesteps = trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
-        schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample)
+        schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample, self.prediction_type)
         sampler = SAMPLERS[sampling.sampler]
         return sampler(denoise, x, schedule, generators=generators, callback=callback, **sampling.sampler_kwargs())
 

@@ -25,9 +25,9 @@ class ModelError(ValueError):
     """A model folder is missing, incomplete or unsafe; the message names the fix."""
 
 
-def default_model_dir() -> Path:
-    """The shipped NovArch-tiny weights, found as package data of the installed project."""
-    return Path(str(resources.files("novarch_batch.workers") / "models" / "novarch-tiny"))
+def default_model_dir(name: str = "novarch-tiny") -> Path:
+    """A shipped model's folder (NovArch-tiny unless named), found as package data of the installed project."""
+    return Path(str(resources.files("novarch_batch.workers") / "models" / name))
 
 
 def check_model_dir(folder: Path) -> None:
@@ -100,7 +100,9 @@ def load_unet(folder: Path, device: torch.device, dtype: torch.dtype | None = No
 
 
 def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
-    """eps(x, t) with classifier-free guidance (Ho & Salimans 2022, eq. 6): eps_u + g (eps_c - eps_u).
+    """The network output at (x, t) with classifier-free guidance (Ho & Salimans 2022, eq. 6): out_u + g (out_c - out_u).
+
+    The same combination serves epsilon and v: at fixed x_t, v is an affine function of epsilon.
 
     g = 1 is plain conditional sampling and g = 0 unconditional, each one network pass; rows whose
     label is the null label ("any") are unconditional whatever g is.
@@ -110,16 +112,16 @@ def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
     dtype = next(unet.parameters()).dtype
     nulls = torch.full_like(labels, null_label)
 
-    def eps(x: torch.Tensor, label: torch.Tensor, t: int) -> torch.Tensor:
+    def net(x: torch.Tensor, label: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return unet(x.to(dtype), ts, class_labels=label).sample.float()
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         if guidance == 1.0:
-            return eps(x, labels, t)
+            return net(x, labels, t)
         if guidance == 0.0 or bool((labels == null_label).all()):
-            return eps(x, nulls, t)
-        both = eps(torch.cat([x, x]), torch.cat([labels, nulls]), t)  # (2B, C, H, W): one pass for both
+            return net(x, nulls, t)
+        both = net(torch.cat([x, x]), torch.cat([labels, nulls]), t)  # (2B, C, H, W): one pass for both
         cond, uncond = both.chunk(2)
         return uncond + guidance * (cond - uncond)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from novarch_batch.storage import StorageError, join, open_storage, sha256_file
 from novarch_batch.workers.model import default_model_dir
-from novarch_batch.workers.spec import SHIPPED_MODEL
+from novarch_batch.workers.spec import SHIPPED_MODELS
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 SHA_FILE = ".novarch-weights.sha256"  # sha256 of WEIGHTS, written when the download completes
@@ -32,10 +32,10 @@ def default_cache_root() -> Path:
 
 
 def fetch_model_folder(url: str, cache_root: Path | None = None, expected_sha256: str | None = None) -> Path:
-    """Local folder holding the model at ``url``: the shipped model by name, local paths as given,
+    """Local folder holding the model at ``url``: a shipped model by name, local paths as given,
     ``s3://`` via the node cache."""
-    if url == SHIPPED_MODEL:
-        url = str(default_model_dir())
+    if url in SHIPPED_MODELS:
+        url = str(default_model_dir(url))
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         folder = Path(parsed.path if parsed.scheme == "file" else url)

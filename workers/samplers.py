@@ -1,8 +1,9 @@
 """Reverse diffusion samplers: small pure functions with one signature.
 
-Each maps noise ``x`` (B, C, H, W) to images in [-1, 1]. ``denoise(x, t)`` returns the predicted
-noise epsilon in float32 (guidance already applied); all sampler maths runs in float32 whatever
-precision the network uses. ``generators[b]`` is sample b's own CPU generator: ancestral noise is
+Each maps noise ``x`` (B, C, H, W) to images in [-1, 1]. ``denoise(x, t)`` returns the network's
+output in float32 (guidance already applied): the noise epsilon or the velocity v, as the model's
+``prediction_type`` says; ``predict`` turns either into the clean image and the noise. All sampler
+maths runs in float32 whatever precision the network uses. ``generators[b]`` is sample b's own CPU generator: ancestral noise is
 drawn from it in step order, so a sample never depends on its batch (DESIGN.md, determinism).
 """
 from __future__ import annotations
@@ -24,6 +25,15 @@ class Schedule:
     alphas_cumprod: torch.Tensor  # (T,) float32, alpha_bar_t
     timesteps: list[int]  # descending, e.g. trailing_timesteps(1000, 20)
     clip_sample: bool = True  # clamp predicted x0 to [-1, 1] (DDPM/DDIM as configured)
+    prediction_type: str = "epsilon"  # what the network predicts: "epsilon" or "v_prediction"
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type '{self.prediction_type}' is not supported; "
+                             f"use one of {', '.join(PREDICTION_TYPES)} in scheduler_config.json")
+        if self.prediction_type == "epsilon" and self.timesteps and self.alpha_bar(self.timesteps[0]) == 0.0:
+            raise ValueError("a zero-terminal-SNR schedule starts from alpha_bar = 0, where epsilon says nothing "
+                             "about the image; train the model with prediction_type v_prediction")
 
     def alpha_bar(self, t: int) -> float:
         """alpha_bar at t; t < 0 is the end of the chain, where nothing is left of the noise."""
@@ -34,10 +44,23 @@ class Schedule:
         return list(zip(self.timesteps, self.timesteps[1:] + [-1]))
 
 
-def predict_x0(x: torch.Tensor, eps: torch.Tensor, a_t: float, clip: bool) -> torch.Tensor:
-    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (DDPM eq. 15)."""
-    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-    return x0.clamp(-1, 1) if clip else x0
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def predict(x: torch.Tensor, out: torch.Tensor, a_t: float, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from the network output at alpha_bar a_t; x0 clamped to [-1, 1] with clip_sample.
+
+    epsilon: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) (DDPM eq. 15), which needs a > 0.
+    v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022): x0 = sqrt(a) x_t - sqrt(1 - a) v and
+    eps = sqrt(1 - a) x_t + sqrt(a) v, defined at a = 0 too (a zero-terminal-SNR schedule's start).
+    eps is the network's own, unclamped, as diffusers' DDIM keeps it.
+    """
+    if schedule.prediction_type == "v_prediction":
+        x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
+        eps = math.sqrt(1 - a_t) * x + math.sqrt(a_t) * out
+    else:
+        x0, eps = (x - math.sqrt(1 - a_t) * out) / math.sqrt(a_t), out
+    return (x0.clamp(-1, 1) if schedule.clip_sample else x0), eps
 
 
 def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
@@ -45,7 +68,7 @@ def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
         beta_t = 1 - a_t / a_prev  # effective beta over a possibly strided step
-        x0 = predict_x0(x, denoise(x, t), a_t, schedule.clip_sample)
+        x0, _ = predict(x, denoise(x, t), a_t, schedule)
         # Posterior mean mu~_t(x_t, x0), eq. 7.
         mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)) * x
         if t_prev >= 0:
@@ -61,8 +84,7 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
     """DDIM (Song et al. 2021, eq. 12): deterministic at eta = 0, ancestral noise of scale eta otherwise."""
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
-        eps = denoise(x, t)
-        x0 = predict_x0(x, eps, a_t, schedule.clip_sample)
+        x0, eps = predict(x, denoise(x, t), a_t, schedule)
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)  # eq. 16
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if eta > 0 and t_prev >= 0:
@@ -72,13 +94,18 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
     return x
 
 
+ZERO_SNR_FLOOR = 2.0**-24
+
+
 def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators, sde: bool, callback: Callback):
     """DPM-Solver++(2M) in data prediction: the ODE update, or with ``sde`` the reverse-SDE one."""
     lam = lambda a: 0.5 * math.log(a / (1 - a))  # lambda_t = log(alpha_t / sigma_t)
     prev_x0, prev_h = None, None
     for i, (t, t_prev) in enumerate(schedule.pairs()):
-        a_s = schedule.alpha_bar(t)
-        x0 = predict_x0(x, denoise(x, t), a_s, schedule.clip_sample)
+        # A zero-terminal-SNR start has alpha_bar = 0 and lambda = -inf; diffusers' solver starts
+        # from alpha_bar = 2^-24 instead (the smallest float16 subnormal), and so does this one.
+        a_s = schedule.alpha_bar(t) or ZERO_SNR_FLOOR
+        x0, _ = predict(x, denoise(x, t), a_s, schedule)
         if t_prev < 0:
             x = x0  # final step to sigma = 0: the first-order update reduces to the data prediction
         else:

@@ -8,7 +8,16 @@ import torch
 
 
 def betas_for(config: dict) -> torch.Tensor:
-    """Betas of a diffusers scheduler config (linear, scaled_linear or squaredcos_cap_v2), float32 as diffusers builds them."""
+    """Betas of a diffusers scheduler config, float32 as diffusers builds them.
+
+    Linear, scaled_linear or squaredcos_cap_v2, then rescaled to zero terminal SNR when the config
+    says `rescale_betas_zero_snr`.
+    """
+    betas = _base_betas(config)
+    return rescale_zero_terminal_snr(betas) if config.get("rescale_betas_zero_snr") else betas
+
+
+def _base_betas(config: dict) -> torch.Tensor:
     n = int(config.get("num_train_timesteps", 1000))
     kind = config.get("beta_schedule", "linear")
     start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
@@ -24,6 +33,20 @@ def betas_for(config: dict) -> torch.Tensor:
         betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
         return torch.tensor(betas, dtype=torch.float32)
     raise ValueError(f"unsupported beta_schedule '{kind}' in scheduler_config.json")
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so that the last step is pure noise (Lin et al. 2023, algorithm 1).
+
+    Training then sees x_T with no trace of the image, which is what sampling starts from; the
+    network must predict v (or x0), since epsilon at alpha_bar = 0 says nothing about the image.
+    """
+    sqrt_abar = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * (first / (first - last))
+    abar = sqrt_abar**2
+    alphas = torch.cat([abar[0:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
 
 
 def alphas_cumprod_for(config: dict) -> torch.Tensor:

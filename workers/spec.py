@@ -24,6 +24,7 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 ANY_CLASS = "any"  # unconditional: each image drifts to the kind of image it finds
 SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it means the same on every machine
+SHIPPED_MODELS = (SHIPPED_MODEL, "novarch-tiny-v1")  # v1 stays so that jobs begun with it can be finished (MODEL.md)
 MAX_STEPS = 1000  # the model's number of training timesteps
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
