@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The few-step student on one GPU, in one go: progressive distillation of the shipped NovArch v2
+# from 64 DDIM steps to 4 with guidance 2 folded in, then scores with 1,000 images per row
+# (building, house, any): the student at 4 steps and guidance 1 (one network evaluation per step),
+# and the teacher's DDIM at 4 steps and guidance 2 for comparison. The reference, v2's DDPM-1000,
+# is in benchmarks/results/gpu-h100/model_v2.json.
+#   bash training/gpu_distill.sh            results in $OUT (or runs/gpu-distill)
+#   DEVICE=cpu STEPS_PER_ROUND=2 BATCH=4 DATA_WORKERS=0 COUNT=8 bash training/gpu_distill.sh   (the CPU rehearsal)
+# It runs from a checkout without installing it: novarch_batch is assembled from the source folders.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${OUT:-runs/gpu-distill}
+DEVICE=${DEVICE:-cuda}
+STEPS_PER_ROUND=${STEPS_PER_ROUND:-1000}
+BATCH=${BATCH:-512}
+DATA_WORKERS=${DATA_WORKERS:-8}
+COUNT=${COUNT:-1000}
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d)
+mkdir -p "$RESULTS" "$WORK/pkg/novarch_batch"
+for d in pipeline workers storage training; do ln -s "$PWD/$d" "$WORK/pkg/novarch_batch/$d"; done
+export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+
+echo "== distilling workers/models/novarch-tiny: 64 -> 4 steps, $STEPS_PER_ROUND optimizer steps per round"
+$PY -m novarch_batch.training.distill --teacher workers/models/novarch-tiny --out "$WORK/student" --device "$DEVICE" \
+  --start-steps 64 --final-steps 4 --steps-per-round "$STEPS_PER_ROUND" --batch-size "$BATCH" \
+  --data-workers "$DATA_WORKERS" > "$WORK/distill.log" 2>&1 || { tail -n 20 "$WORK/distill.log"; exit 1; }
+tail -n 3 "$WORK/student/distill_log.jsonl"
+tar -C "$WORK" -cf "$RESULTS/student.tar" student distill.log
+
+score() {  # label, folder, sampler, steps, guidance
+  echo "== $1"
+  $PY -m novarch_batch.training.score_model "$2" --count "$COUNT" --sampler "$3" --steps "$4" --guidance "$5" \
+    --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores/$1" | sed "s/^/$1 /"
+}
+score student-ddim-4-g1 "$WORK/student" ddim 4 1 2>&1 | tee "$RESULTS/scores.log"
+score teacher-ddim-4-g2 workers/models/novarch-tiny ddim 4 2 2>&1 | tee -a "$RESULTS/scores.log"
+tar -C "$WORK" -cf "$RESULTS/scores.tar" scores
+ls -la "$RESULTS"
