@@ -33,7 +33,7 @@ def cli() -> None:
 @click.option("--count", required=True, metavar="N", help="Number of images to generate (1 to 100,000,000).")
 @spec_options
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
-@click.option("--model", default=None, metavar="NAME|PATH|URL", help="Diffusers-format model folder (safetensors), s3://… to one, or a shipped model: novarch-tiny (v2, the default) or novarch-tiny-v1 (to finish jobs begun with it).")
+@click.option("--model", default=None, metavar="NAME|PATH|URL", help="Diffusers-format model folder (safetensors), s3://… to one, or a shipped model: novarch-tiny (v2, the default), novarch-tiny-v1 (to finish jobs begun with it) or novarch-tiny-distilled (the few-step student; --sampler distilled picks it).")
 @click.option("--dry-run", is_flag=True, help="Print the job's shape and a time estimate from a short calibration; write nothing.")
 @click.option("--cluster", default=None, metavar="URL", help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
@@ -257,6 +257,15 @@ def train(ctx):
     from novarch_batch.training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
 
     train_main.main(args=ctx.args, prog_name="novarch-batch train")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def distill(ctx):
+    """Distil NovArch v2 into the few-step student that --sampler distilled samples (`novarch-batch distill --help`; MODEL.md)."""
+    from novarch_batch.training.distill import main as distill_main  # imported here, as train: diffusers costs ~2 s
+
+    distill_main.main(args=ctx.args, prog_name="novarch-batch distill")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ def estimate(spec: JobSpec) -> dict:
         "shards": f"{spec.num_shards} of {spec.output.shard_size} images",
         "actors": f"{actors} x {'1 GPU' if gpus else f'{threads} CPU thread(s)'} on this machine",
         "sampler": f"{s.sampler}, {s.steps} steps, guidance {s.guidance}, class {s.class_name}",
+        "network_evaluations_per_image": s.network_evaluations(),
         "calibrated_images_per_second": round(rate, 2),
         "estimated_minutes": round(spec.count / rate / 60, 1),
         "note": "calibrated on this machine; a cluster's GPUs are faster (see BENCHMARKS.md)",

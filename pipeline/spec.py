@@ -12,8 +12,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
+    DISTILLED,
     SHIPPED_MODEL,
     SHIPPED_MODELS,
+    SHIPPED_STUDENT,
     JobSpec,
     OutputConfig,
     RunConfig,
@@ -81,6 +83,20 @@ def resolve_model(model: str | None) -> tuple[str, Path]:
         raise SpecError(f"--model {model}: {e}") from None
 
 
+def student_sampling(sampling: SamplingConfig, info, model: str, given: dict) -> SamplingConfig:
+    """--sampler distilled samples in the student's own steps with its folded guidance: those are the
+    defaults, and other values are refused (the student was trained for exactly them)."""
+    student = info.distilled
+    if not student:
+        raise SpecError(f"--sampler distilled needs a distilled student, and --model {model} is not one (its novarch.json "
+                        f"has no 'distilled'); leave --model out for the shipped {SHIPPED_STUDENT}, or choose another --sampler")
+    for name, flag in (("steps", "--steps"), ("guidance", "--guidance")):
+        if name in given and given[name] != student[name]:
+            raise SpecError(f"{flag} {given[name]}: the distilled student samples with {flag} {student[name]} only "
+                            f"(it was distilled for it); drop {flag}, or choose another --sampler")
+    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]))
+
+
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:
     """Validate raw option values (named as the spec's fields) into a JobSpec; raises SpecError naming the fix.
 
@@ -110,11 +126,15 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
     if job_id is not None and not JOB_ID_PATTERN.match(job_id):
         raise SpecError(f"--job-id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got '{job_id}'")
     validate_out(out_config.out)
+    if sampling.sampler == DISTILLED and not model:
+        model = SHIPPED_STUDENT
     model_ref, model_dir = resolve_model(model)
     try:
         info = ModelInfo.read(model_dir)
     except ModelError as e:
         raise SpecError(str(e)) from None
+    if sampling.sampler == DISTILLED:
+        sampling = student_sampling(sampling, info, model, given=parts[SamplingConfig])
     sampling.validate(info.classes)
     spec = JobSpec(count=count, model=model_ref, model_sha256=info.sha256, sampling=sampling, output=out_config, run=run)
     return replace(spec, job_id=job_id or f"novarch-{spec.spec_hash()[:12]}")

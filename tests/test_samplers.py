@@ -55,7 +55,7 @@ def test_zero_terminal_snr_schedule_matches_diffusers():
 def diffusers_scheduler(name: str, config: dict):
     if name == "ddpm":
         return DDPMScheduler.from_config(config, timestep_spacing="trailing")
-    if name == "ddim":
+    if name in ("ddim", "distilled"):
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
     # thresholding with sample_max_value 1 clamps x0 to [-1, 1]: the clip_sample of our schedule
     return DPMSolverMultistepScheduler.from_config(
@@ -74,11 +74,11 @@ def run_ours(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS
         return SAMPLERS[name](denoise, x, schedule, generators=gens, **options)
 
 
-def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0):
+def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS):
     """The reference loop written independently: plain CFG, diffusers' own step()."""
     sched = diffusers_scheduler(name, info.scheduler_config)
-    sched.set_timesteps(STEPS)
-    assert [int(t) for t in sched.timesteps] == trailing_timesteps(1000, STEPS)
+    sched.set_timesteps(steps)
+    assert [int(t) for t in sched.timesteps] == trailing_timesteps(1000, steps)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     x = torch.cat([torch.randn((1, 3, 32, 32), generator=g) for g in gens])
     y = torch.tensor(labels)
@@ -184,3 +184,22 @@ def test_v_prediction_recovers_the_image_at_pure_noise():
     assert torch.equal(x0, -v) and torch.equal(eps, x)
     with pytest.raises(ValueError, match="train the model with prediction_type v_prediction"):
         Schedule(alphas_cumprod_for(config), [999], True, "epsilon")
+
+
+def test_distilled_sampler_is_diffusers_ddim_on_the_student_in_one_pass_per_step():
+    """--sampler distilled: the shipped student, its 4 steps, guidance folded in (one pass of the labels)."""
+    from novarch_batch.workers.generate import ImageGenerator
+    from novarch_batch.workers.spec import SHIPPED_STUDENT, SamplingConfig
+
+    folder = default_model_dir(SHIPPED_STUDENT)
+    info = ModelInfo.read(folder)
+    assert info.distilled["steps"] == 4 and info.distilled["guidance"] == 2.0
+    unet = load_unet(folder, torch.device("cpu"))
+    labels = [0, 1, info.null_label]
+    ref = run_diffusers("distilled", unet, info, SEEDS, labels, guidance=1.0, steps=4)
+    ours = run_ours("distilled", unet, info, SEEDS, labels, guidance=1.0, steps=4)
+    assert (ours - ref).norm() / ref.norm() < 1e-4
+    generator = ImageGenerator(folder, "cpu")
+    for k, name in enumerate(("building", "house", "any")):  # the product path passes no guidance to the student
+        sampled = generator.sample([SEEDS[k]], SamplingConfig(class_name=name, sampler="distilled", steps=4, guidance=2.0))
+        assert torch.allclose(sampled, ours[k:k + 1], atol=1e-5)

@@ -72,7 +72,7 @@ def test_unknown_build_spec_option_is_a_programming_error(tmp_path):
 
 
 def test_choices_are_checked_for_python_callers_too(tmp_path):
-    with pytest.raises(SpecError, match="--sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, got 'euler'"):
+    with pytest.raises(SpecError, match="--sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, distilled, got 'euler'"):
         build_spec(count=8, out=str(tmp_path), sampler="euler")
     with pytest.raises(SpecError, match="--device must be one of auto, cpu, cuda, got 'tpu'"):
         build_spec(count=8, out=str(tmp_path), device="tpu")
@@ -92,3 +92,20 @@ def test_a_sampling_field_added_later_leaves_job_ids_alone(tmp_path, monkeypatch
     assert at_default.spec_hash() == plain.spec_hash()
     changed = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling), new_option=2.0))
     assert changed.spec_hash() != plain.spec_hash()
+
+
+def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
+    from novarch_batch.workers.spec import SHIPPED_STUDENT
+
+    spec = build_spec(count=8, out=str(tmp_path), sampler="distilled", class_name="house")
+    assert spec.model == SHIPPED_STUDENT and (spec.sampling.steps, spec.sampling.guidance) == (4, 2.0)
+    assert spec.sampling.network_evaluations() == 4  # dpmpp-2m-sde at the defaults: 20
+    assert build_spec(count=8, out=str(tmp_path), class_name="house").sampling.network_evaluations() == 20
+    assert spec.model_sha256 != build_spec(count=8, out=str(tmp_path)).model_sha256  # the student's weights are the job's
+    with pytest.raises(SpecError, match="--steps 10: the distilled student samples with --steps 4 only"):
+        build_spec(count=8, out=str(tmp_path), sampler="distilled", steps=10)
+    with pytest.raises(SpecError, match="--guidance 3.0: the distilled student samples with --guidance 2.0 only"):
+        build_spec(count=8, out=str(tmp_path), sampler="distilled", guidance=3.0)
+    with pytest.raises(SpecError, match="--model novarch-tiny is not one"):
+        build_spec(count=8, out=str(tmp_path), sampler="distilled", model="novarch-tiny")
+    assert not (tmp_path / spec.job_id).exists()

@@ -120,6 +120,13 @@ def test_job_begun_with_v1_is_refused_with_v2_and_finishes_with_v1(ray_local, tm
     assert len(default_ids) == 2  # without --job-id, the two models' jobs never share a folder
 
 
+def test_distilled_job_records_the_students_settings(ray_local, tmp_path):
+    spec = build_spec(count=4, out=str(tmp_path), sampler="distilled", class_name="house", shard_size=4, batch_size=4, actors=1)
+    assert driver.run(spec).complete
+    rows = read_job(tmp_path / spec.job_id)
+    assert [(r["sampler"], r["steps"], r["guidance"], r["model"]) for r in rows] == [("distilled", 4, 2.0, "novarch-tiny-distilled")] * 4
+
+
 def test_embedded_images_job_writes_one_object_per_shard(ray_local, tmp_path):
     spec = build_spec(count=12, out=str(tmp_path), steps=2, shard_size=6, batch_size=6, actors=1, seed=2, format="parquet")
     driver.run(spec)
@@ -147,6 +154,7 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["shards"] == "32 of 157 images" and plan["calibrated_images_per_second"] > 0 and plan["estimated_minutes"] > 0
+    assert plan["network_evaluations_per_image"] == 2  # 2 steps, class any: no guidance pass
     assert not (tmp_path / "o").exists()
 
 

@@ -1,6 +1,6 @@
 """Few-step NovArch: progressive distillation with classifier-free guidance folded into the student.
 
-    python -m novarch_batch.training.distill --teacher workers/models/novarch-tiny --out OUT --device cuda
+    novarch-batch distill --teacher workers/models/novarch-tiny --out OUT --device cuda
 
 Progressive distillation (Salimans & Ho 2022, algorithm 2) halves the number of sampling steps per
 round: the student learns to reach, in one deterministic DDIM step, the point that two steps of its
@@ -39,6 +39,8 @@ from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
+ROUND_STRIDE = 10**8  # image indices per round
+PROBE_FROM, PROBE_TO = 10, 40  # --max-seconds times round 1's steps 10..40 (past start-up)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class DistillConfig:
     device: str = "cpu"
     data_workers: int = 0
     log_every: int = 50
+    max_seconds: float | None = None  # fit all rounds into this time: steps_per_round comes from round 1's pace
 
     def __post_init__(self):
         for name in ("start_steps", "final_steps", "steps_per_round", "batch_size", "log_every"):
@@ -92,7 +95,7 @@ class DistillBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         cfg, b = self.cfg, self.cfg.batch_size
-        first = FIRST_INDEX + (self.round_index * cfg.steps_per_round + step) * b
+        first = FIRST_INDEX + self.round_index * ROUND_STRIDE + step * b  # independent of steps_per_round
         images, labels = make_images(np.arange(first, first + b), cfg.data_seed)
         seed = np.random.SeedSequence([cfg.seed, self.round_index, step]).generate_state(1)[0]
         gen = torch.Generator().manual_seed(int(seed))
@@ -166,6 +169,7 @@ def distill(cfg: DistillConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     start, log = time.perf_counter(), (out / "distill_log.jsonl").open("w")
+    steps_per_round, probe_start = cfg.steps_per_round, None
     for r, student_steps in enumerate(cfg.rounds):
         # trailing grids are nested: N/2 steps are every other one of N (t_k = round(T - k T/N) - 1)
         grid_t = torch.tensor(trailing_timesteps(len(alphas), 2 * student_steps) + [-1], device=device)
@@ -178,6 +182,15 @@ def distill(cfg: DistillConfig) -> Path:
         recent = []
         bar = tqdm(batches, desc=f"distil to {student_steps} steps", unit="step", mininterval=1 if sys.stderr.isatty() else 30)
         for step, batch in enumerate(bar):
+            if step == steps_per_round:
+                break
+            if cfg.max_seconds is not None and r == 0 and step == PROBE_FROM:
+                probe_start = time.perf_counter()
+            if cfg.max_seconds is not None and r == 0 and step == PROBE_TO:
+                pace = (PROBE_TO - PROBE_FROM) / (time.perf_counter() - probe_start)
+                budget = cfg.max_seconds / len(cfg.rounds) - (time.perf_counter() - start)
+                steps_per_round = max(PROBE_TO + 1, min(cfg.steps_per_round, PROBE_TO + int(pace * budget)))
+                bar.total = steps_per_round
             batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
@@ -189,7 +202,7 @@ def distill(cfg: DistillConfig) -> Path:
             opt.step()
             ema_update(ema, student, step, cfg.ema_decay)
             recent.append(loss.detach())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps_per_round:
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_round:
                 row = {"round": r, "student_steps": student_steps, "step": step + 1,
                        "loss": float(torch.stack(recent).mean()), "seconds": round(time.perf_counter() - start, 1)}
                 log.write(json.dumps(row) + "\n")
@@ -203,6 +216,7 @@ def distill(cfg: DistillConfig) -> Path:
         "teacher": info.name, "teacher_sha256": info.sha256, "steps": cfg.final_steps, "guidance": cfg.guidance,
         "sample_with": f"--sampler ddim --steps {cfg.final_steps} --guidance 1"},
         "training_seconds": round(time.perf_counter() - start, 1), "distill_config": asdict(cfg),
+        "steps_per_round_done": steps_per_round,  # with --max-seconds: pass it as --steps-per-round to repeat the run
         "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}
     from diffusers import DDPMScheduler
 
@@ -221,6 +235,8 @@ def distill(cfg: DistillConfig) -> Path:
 @click.option("--threads", default=DistillConfig.threads, show_default=True, type=int)
 @click.option("--device", default=DistillConfig.device, show_default=True, help="cpu or cuda.")
 @click.option("--data-workers", default=DistillConfig.data_workers, show_default=True, type=int)
+@click.option("--max-seconds", default=None, type=float,
+              help="Fit every round into this many seconds: steps per round come from round 1's pace and are recorded.")
 def main(**kwargs) -> None:
     """Distil a NovArch v2 model into a few-step student with guidance folded in."""
     try:

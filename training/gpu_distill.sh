@@ -6,6 +6,7 @@
 # is in benchmarks/results/gpu-h100/model_v2.json.
 #   bash training/gpu_distill.sh            results in $OUT (or runs/gpu-distill)
 #   DEVICE=cpu STEPS_PER_ROUND=2 BATCH=4 DATA_WORKERS=0 COUNT=8 bash training/gpu_distill.sh   (the CPU rehearsal)
+#   MAX_SECONDS=165 SCORE=0 bash training/gpu_distill.sh    (distillation only, in a fixed time)
 # It runs from a checkout without installing it: novarch_batch is assembled from the source folders.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ STEPS_PER_ROUND=${STEPS_PER_ROUND:-1000}
 BATCH=${BATCH:-512}
 DATA_WORKERS=${DATA_WORKERS:-8}
 COUNT=${COUNT:-1000}
+MAX_SECONDS=${MAX_SECONDS:-}  # set: every round fits in it (steps per round from round 1's pace, recorded)
+SCORE=${SCORE:-1}  # 0: distil only (4-step scoring is cheap enough for a CPU)
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 mkdir -p "$RESULTS" "$WORK/pkg/novarch_batch"
@@ -25,9 +28,10 @@ $PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', 
 echo "== distilling workers/models/novarch-tiny: 64 -> 4 steps, $STEPS_PER_ROUND optimizer steps per round"
 $PY -m novarch_batch.training.distill --teacher workers/models/novarch-tiny --out "$WORK/student" --device "$DEVICE" \
   --start-steps 64 --final-steps 4 --steps-per-round "$STEPS_PER_ROUND" --batch-size "$BATCH" \
-  --data-workers "$DATA_WORKERS" > "$WORK/distill.log" 2>&1 || { tail -n 20 "$WORK/distill.log"; exit 1; }
+  --data-workers "$DATA_WORKERS" ${MAX_SECONDS:+--max-seconds "$MAX_SECONDS"} > "$WORK/distill.log" 2>&1 || { tail -n 20 "$WORK/distill.log"; exit 1; }
 tail -n 3 "$WORK/student/distill_log.jsonl"
 tar -C "$WORK" -cf "$RESULTS/student.tar" student distill.log
+[ "$SCORE" = 1 ] || exit 0
 
 score() {  # label, folder, sampler, steps, guidance
   echo "== $1"

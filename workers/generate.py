@@ -16,7 +16,7 @@ from novarch_batch.workers.model import ModelInfo, load_unet, make_denoiser
 from novarch_batch.workers.samplers import SAMPLERS, Callback, Schedule
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
 from novarch_batch.workers.seeds import draw_noise, make_generators
-from novarch_batch.workers.spec import ANY_CLASS, SamplingConfig
+from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig
 
 
 def pick_device(device: str) -> torch.device:
@@ -49,7 +49,9 @@ class ImageGenerator:
         generators = make_generators(seeds)
         x = draw_noise(generators, self.shape, self.device)  # (B, C, H, W) float32
         labels = torch.full((len(seeds),), self.label_for(sampling.class_name), device=self.device, dtype=torch.long)
-        denoise = make_denoiser(self.unet, labels, self.info.null_label, sampling.guidance)
+        # a distilled student carries its guidance in its weights: one pass per step, as it was trained
+        guidance = 1.0 if sampling.sampler == DISTILLED else sampling.guidance
+        denoise = make_denoiser(self.unet, labels, self.info.null_label, guidance)
         timesteps = trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
         schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample, self.prediction_type)
         sampler = SAMPLERS[sampling.sampler]

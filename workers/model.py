@@ -63,6 +63,7 @@ class ModelInfo:
     image_size: int
     channels: int
     scheduler_config: dict
+    distilled: dict | None = None  # a student's novarch.json "distilled": its steps and folded guidance
 
     @classmethod
     def read(cls, folder: Path) -> "ModelInfo":
@@ -80,6 +81,7 @@ class ModelInfo:
             image_size=int(config.get("sample_size", 32)),
             channels=int(config.get("in_channels", 3)),
             scheduler_config=json.loads((folder / "scheduler_config.json").read_text()),
+            distilled=meta.get("distilled"),
         )
 
 

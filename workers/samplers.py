@@ -147,5 +147,13 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *
     return _dpmpp_2m(denoise, x, schedule, generators, True, callback)
 
 
+def sample_distilled(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
+    """A distilled student's sampler (training/distill.py): deterministic DDIM on the trailing grid of
+    the student's steps, which is the grid it was distilled on; guidance is folded into the student,
+    so `denoise` makes one network pass per step."""
+    return sample_ddim(denoise, x, schedule, generators=generators, eta=0.0, callback=callback)
+
+
 # Keyed like workers.spec.SAMPLER_OPTIONS, which names the optional arguments each one takes.
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp-2m": sample_dpmpp_2m, "dpmpp-2m-sde": sample_dpmpp_2m_sde}
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp-2m": sample_dpmpp_2m, "dpmpp-2m-sde": sample_dpmpp_2m_sde,
+            "distilled": sample_distilled}

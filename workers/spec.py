@@ -21,10 +21,13 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "ddim": ("eta",),
     "dpmpp-2m": (),
     "dpmpp-2m-sde": (),
+    "distilled": (),  # a distilled student's own DDIM: steps and guidance are the student's
 }
+DISTILLED = "distilled"
 ANY_CLASS = "any"  # unconditional: each image drifts to the kind of image it finds
 SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it means the same on every machine
-SHIPPED_MODELS = (SHIPPED_MODEL, "novarch-tiny-v1")  # v1 stays so that jobs begun with it can be finished (MODEL.md)
+SHIPPED_STUDENT = "novarch-tiny-distilled"  # what --sampler distilled samples unless --model names another student
+SHIPPED_MODELS = (SHIPPED_MODEL, "novarch-tiny-v1", SHIPPED_STUDENT)  # v1 stays so that jobs begun with it can be finished
 MAX_STEPS = 1000  # the model's number of training timesteps
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
@@ -67,9 +70,13 @@ class SamplingConfig:
     class_name: str = option(ANY_CLASS, "Requested class: one of the model's classes (the shipped model: building, "
                              "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
                              flag="--class", metavar="CLASS", column="class_label")
-    sampler: str = option("dpmpp-2m-sde", "Reverse sampler; dpmpp-2m-sde gives this model DDPM-20 quality in 10 steps "
-                          "(BENCHMARKS.md).", choices=tuple(SAMPLER_OPTIONS))
-    steps: int = option(10, "Sampler steps (network evaluations per image, x2 with guidance).", metavar="K")
+    sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality at guidance 2 "
+                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 20, purity 0.97-0.98, FD 9-35x the floor; "
+                          "ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
+                          "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
+                          "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 7x the default's images/s.", choices=tuple(SAMPLER_OPTIONS))
+    steps: int = option(10, "Sampler steps (network evaluations per image, x2 with guidance; --sampler distilled: "
+                        "the student's).", metavar="K")
     guidance: float = option(2.0, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.", metavar="G")
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
@@ -91,6 +98,12 @@ class SamplingConfig:
                 users = [s for s, used in SAMPLER_OPTIONS.items() if name in used]
                 raise SpecError(f"{flag_name(FIELDS[name])} is used by --sampler {' or '.join(users)} only, not {self.sampler}; "
                                 f"drop it or choose that sampler")
+
+    def network_evaluations(self) -> int:
+        """Network evaluations per image: one per step, two with classifier-free guidance (one batched
+        pass of both branches), one for unconditional rows and for a distilled student (guidance folded in)."""
+        guided = self.guidance not in (0.0, 1.0) and self.class_name != ANY_CLASS and self.sampler != DISTILLED
+        return self.steps * (2 if guided else 1)
 
     def sampler_kwargs(self) -> dict:
         """The optional fields this sampler reads, as keyword arguments of its function."""

@@ -1,0 +1,65 @@
+"""The few-step student against the submit default, side by side in one run (issue: few-step sampling).
+
+    python -m benchmarks.few_step --count 256 --repeats 5 --threads 2 --out benchmarks/results/few_step-cpu.json
+
+Each repeat samples the same `count` images (one class per repeat, building and house in turn) with
+the default sampler (dpmpp-2m-sde, 10 steps, guidance 2: 20 network evaluations per image) and with
+`--sampler distilled` (the shipped student, 4 evaluations), alternating so both see the same machine
+state. Sampling only, through ImageGenerator (submit's own path); model loading excluded.
+"""
+from __future__ import annotations
+
+import time
+
+import click
+import torch
+
+from benchmarks.common import machine, median, save
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.model import default_model_dir
+from novarch_batch.workers.seeds import sample_seed
+from novarch_batch.workers.spec import SHIPPED_MODEL, SHIPPED_STUDENT, SamplingConfig
+
+SETTINGS = {
+    "default": (SHIPPED_MODEL, SamplingConfig()),
+    "distilled": (SHIPPED_STUDENT, SamplingConfig(sampler="distilled", steps=4)),
+}
+
+
+@click.command()
+@click.option("--count", default=256, show_default=True, help="Images per setting and repeat.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", default=None, help="JSON file for the results.")
+def main(count, batch_size, repeats, threads, device, out):
+    torch.set_num_threads(threads)
+    generators = {name: ImageGenerator(default_model_dir(model), device) for name, (model, _) in SETTINGS.items()}
+    seeds = [sample_seed(0, i) for i in range(count)]
+    rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for r in range(repeats + 1):  # repeat 0 warms up kernels and the allocator
+        class_name = ("building", "house")[r % 2]
+        for name, (_, sampling) in SETTINGS.items():
+            sampling = SamplingConfig(**{**sampling.__dict__, "class_name": class_name})
+            t0 = time.perf_counter()
+            for lo in range(0, count, batch_size):
+                generators[name].images(seeds[lo:lo + batch_size], sampling)
+            if r:
+                rates[name].append(count / (time.perf_counter() - t0))
+    results = {
+        "machine": machine(),
+        "count": count, "batch_size": batch_size, "repeats": repeats,
+        "network_evaluations_per_image": {name: s.network_evaluations() for name, (_, s) in
+                                          ((n, (m, SamplingConfig(**{**s.__dict__, "class_name": "building"})))
+                                           for n, (m, s) in SETTINGS.items())},
+        "images_per_second": {name: {"median": median(v), "all": [round(x, 2) for x in v]} for name, v in rates.items()},
+        "speedup_median": median(rates["distilled"]) / median(rates["default"]),
+    }
+    click.echo(f"default {median(rates['default']):.1f} images/s, distilled {median(rates['distilled']):.1f} images/s: "
+               f"{results['speedup_median']:.2f}x")
+    save(results, out)
+
+
+if __name__ == "__main__":
+    main()
