@@ -22,9 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 DEFAULT_BUCKET = "novarch"
 REGION = "us-east-1"  # SeaweedFS ignores the region; boto3 and pyarrow want one
@@ -163,6 +160,9 @@ class EmbeddedS3:
 
     def client(self, **config):
         """A boto3 S3 client with the admin keys (for fixtures and tools, not the data path)."""
+        import boto3  # here, not at the top: `novarch-batch` imports this module, and local jobs need no boto3
+        from botocore.config import Config
+
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -257,6 +257,8 @@ class EmbeddedS3:
 
     def _wait_ready(self) -> None:
         """Poll until S3 answers with these keys, the bucket exists and a write round-trips."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = self.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
         deadline = time.monotonic() + self.startup_timeout
         last_error = "no answer yet"
@@ -288,6 +290,8 @@ class EmbeddedS3:
         )
 
     def _ensure_bucket(self, client) -> None:
+        from botocore.exceptions import ClientError
+
         try:
             client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:

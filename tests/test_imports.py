@@ -61,3 +61,12 @@ def test_a_users_own_pipeline_and_workers_modules_do_not_shadow_the_project(tmp_
     assert done.stdout.startswith("novarch-")
     shadowed = subprocess.run([sys.executable, "-c", "import pipeline"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert "the user's own pipeline package" in shadowed.stderr  # the user's module really is first on the path
+
+
+def test_a_local_job_needs_no_boto3():
+    """The GPU machine (and a laptop writing to a folder) may lack boto3: only S3 storage imports it."""
+    code = ("import sys; import novarch_batch.pipeline.cli, novarch_batch.pipeline.driver, novarch_batch.workers.shard_worker; "
+            "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
