@@ -14,7 +14,7 @@ import torch
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
 from novarch_batch.workers.seeds import sample_seed
-from novarch_batch.workers.spec import SamplingConfig
+from novarch_batch.workers.spec import SHIPPED_MODEL, SamplingConfig
 
 
 @click.command()
@@ -27,9 +27,10 @@ from novarch_batch.workers.spec import SamplingConfig
 @click.option("--threads", default=2)
 @click.option("--device", default="auto")
 @click.option("--contiguous", is_flag=True, help="NCHW network instead of the channels-last one CPU actors use.")
-def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous):
+@click.option("--model", default=SHIPPED_MODEL, show_default=True, help="A shipped model's name.")
+def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous, model):
     torch.set_num_threads(threads)
-    generator = ImageGenerator(default_model_dir(), device)
+    generator = ImageGenerator(default_model_dir(model), device)
     if contiguous:
         generator.unet = generator.unet.to(memory_format=torch.contiguous_format)
     sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance)
@@ -41,7 +42,9 @@ def main(count, sampler, steps, guidance, class_name, batch_size, threads, devic
     for lo in range(0, count, batch_size):
         generator.images(seeds[lo:lo + batch_size], sampling)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(generator.device)}))
+    print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(generator.device),
+                      "model": model, "sampler": sampler, "steps": steps, "guidance": guidance, "batch_size": batch_size,
+                      "network_evaluations_per_image": sampling.network_evaluations()}))
 
 
 if __name__ == "__main__":

@@ -1,29 +1,77 @@
 #!/usr/bin/env bash
-# GPU check, one go, within 5 minutes on a CUDA machine: the bare sampler at the default and at a
-# 5-step setting, the sampler quality table (1,000 images per setting, DDPM-1000 reference), and
-# the end-to-end job through Ray when Ray and the project are installed there.
-#   bash benchmarks/gpu_check.sh            results in $OUT (or benchmarks/results/gpu)
+# GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default and
+# with the distilled student, the sampler quality grid on v2, and `submit` end to end through a local
+# Ray with GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, and per-image
+# PNGs), then efficiency = end to end / bare, all in this one run.
+#   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
+#   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
+#   tests/test_gpu_check.py runs a shorter one)
+# The GPU machine has neither Ray nor this project installed: the project runs from the checkout (a
+# novarch_batch folder of links), and Ray from .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-benchmarks/results/gpu}
+DEVICE=${DEVICE:-cuda}
+BARE_COUNT=${BARE_COUNT:-32768}
+E2E_COUNT=${E2E_COUNT:-200000}  # about a minute of sampling at 3,000+ images/s
+BATCH=${BATCH:-1024}
+QUALITY=${QUALITY:-1}
+E2E_KS=${E2E_KS:-1 2 4}  # actors per GPU tried with embedded images
+FILES=${FILES:-1}  # 0: skip the per-image PNG run
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d)
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-$PY -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "== bare sampler: dpmpp-2m-sde, 10 steps, guidance 2 (the submit default), batch 1024"
-$PY -m benchmarks.bare_sampler --count 32768 --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size 1024 | tee "$RESULTS/bare_default.json"
-echo "== bare sampler: ddpm, 5 steps, guidance 1, batch 1024"
-$PY -m benchmarks.bare_sampler --count 32768 --sampler ddpm --steps 5 --guidance 1 --batch-size 1024 | tee "$RESULTS/bare_5steps.json"
-echo "== sampler quality: 500 buildings + 500 houses per setting"
-$PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --out "$RESULTS/quality.json"
-if $PY -c "import ray, boto3" 2>/dev/null && command -v novarch-batch >/dev/null; then
-  # --actors-per-gpu K: K actors share the card (each asks Ray for 1/K of it), so one samples while
-  # another encodes and uploads; the fastest K here is the default's measurement.
-  for k in 1 2 4; do
-    echo "== end to end, --actors-per-gpu $k: 20,000 images through Ray into a local folder"
-    novarch-batch submit --count 20000 --batch-size 1024 --actors-per-gpu "$k" --out "$RESULTS/e2e-k$k" --json | tee "$RESULTS/e2e-k$k.json"
-  done
-else
-  echo "== end to end skipped: Ray and the installed project are not on this machine (pip install -e . first)"
+if ! $PY -c "import novarch_batch.pipeline" 2>/dev/null; then
+  mkdir -p "$WORK/pkg/novarch_batch"
+  for d in pipeline workers storage training; do ln -s "$PWD/$d" "$WORK/pkg/novarch_batch/$d"; done
+  export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if ! $PY -c "import ray" 2>/dev/null && [ -f .ray-pack/ray-site.tar.xz ]; then
+  mkdir -p "$WORK/ray" && xz -dc .ray-pack/ray-site.tar.xz | tar -x -C "$WORK/ray"
+  export PYTHONPATH="$WORK/ray${PYTHONPATH:+:$PYTHONPATH}"
+fi
+$PY -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'torch', torch.__version__)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+echo "== bare sampler: the submit default (dpmpp-2m-sde, 10 steps, guidance 2), batch $BATCH"
+$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
+  --device "$DEVICE" | tee "$RESULTS/bare_default.json"
+echo "== bare sampler: --sampler distilled (4 steps, one evaluation each), batch $BATCH"
+$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler distilled --steps 4 --guidance 2 --batch-size "$BATCH" \
+  --model novarch-tiny-distilled --device "$DEVICE" | tee "$RESULTS/bare_distilled.json"
+if [ "$QUALITY" = 1 ]; then
+  echo "== sampler quality on v2: 500 buildings + 500 houses per setting"
+  $PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --device "$DEVICE" --out "$RESULTS/quality.json"
+fi
+if ! $PY -c "import ray" 2>/dev/null; then
+  echo "== end to end skipped: no Ray here and no .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh)"; exit 0
+fi
+e2e() {  # name, then submit flags
+  local name=$1; shift
+  echo "== end to end, $name: $E2E_COUNT images through Ray into a local folder"
+  $PY -m novarch_batch.pipeline.cli submit --count "$E2E_COUNT" --batch-size "$BATCH" --device "$DEVICE" \
+    --out "$WORK/out-$name" --json "$@" | tee "$RESULTS/e2e-$name.json"
+  rm -rf "$WORK/out-$name"
+}
+# K actors share the card (each asks Ray for 1/K of it), so one samples while another encodes and
+# writes; the fastest K is the measurement behind --actors-per-gpu's default.
+for k in $E2E_KS; do
+  e2e "parquet-k$k" --format parquet $( [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$k" || echo --actors "$k" )
+done
+[ "$FILES" = 0 ] || e2e files-k1 --format files $( [ "$DEVICE" = cuda ] && echo --actors-per-gpu 1 || echo --actors 1 )
+$PY - "$RESULTS" <<'EOF'
+import json, pathlib, sys
+results = pathlib.Path(sys.argv[1])
+bare = json.loads((results / "bare_default.json").read_text())["images_per_second"]
+rows = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(results.glob("e2e-*.json"))}
+# "whole": count / wall time of the job (Ray and model start included); "sampling": from the first
+# ready actor to the end, which is what a long job converges to
+sampling = {name: r["count"] / max(r["seconds"] - r["startup_seconds"], 1e-9) for name, r in rows.items()}
+summary = {"bare_images_per_second": bare,
+           "e2e": {name: {"images_per_second_whole": r["images_per_second"], "images_per_second_sampling": sampling[name],
+                          "efficiency_whole": r["images_per_second"] / bare, "efficiency_sampling": sampling[name] / bare}
+                   for name, r in rows.items()}}
+(results / "summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary))
+EOF
