@@ -2,7 +2,7 @@
 # GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default and
 # with the distilled student, the sampler quality grid on v2, and `submit` end to end through a local
 # Ray with GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, and per-image
-# PNGs), then efficiency = end to end / bare, all in this one run.
+# PNGs), PNG encoding on threads against processes, then efficiency = end to end / bare, all in this one run.
 #   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
 #   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
@@ -18,6 +18,8 @@ BATCH=${BATCH:-1024}
 QUALITY=${QUALITY:-1}
 E2E_KS=${E2E_KS:-1 2 4}  # actors per GPU tried with embedded images
 FILES=${FILES:-1}  # 0: skip the per-image PNG run
+ENCODE_IMAGES=${ENCODE_IMAGES:-65536}
+ENCODE_WORKERS=${ENCODE_WORKERS:-$(nproc)}
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 mkdir -p "$RESULTS"
@@ -40,6 +42,8 @@ $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --st
 echo "== bare sampler: --sampler distilled (4 steps, one evaluation each), batch $BATCH"
 $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler distilled --steps 4 --guidance 2 --batch-size "$BATCH" \
   --model novarch-tiny-distilled --device "$DEVICE" | tee "$RESULTS/bare_distilled.json"
+echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes"
+$PY -m benchmarks.encode_pool --images "$ENCODE_IMAGES" --workers "$ENCODE_WORKERS" --repeats 3 --out "$RESULTS/encode_pool.json"
 if [ "$QUALITY" = 1 ]; then
   echo "== sampler quality on v2: 500 buildings + 500 houses per setting"
   $PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --device "$DEVICE" --out "$RESULTS/quality.json"

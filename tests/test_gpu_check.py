@@ -10,13 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_gpu_check_runs_in_cpu_mode_and_writes_its_results(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "BARE_COUNT": "8", "E2E_COUNT": "8", "BATCH": "8",
-           "QUALITY": "0", "E2E_KS": "1", "FILES": "0", "PYTHON": sys.executable}
+           "QUALITY": "0", "E2E_KS": "1", "FILES": "0", "ENCODE_IMAGES": "64", "ENCODE_WORKERS": "2", "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     bare = json.loads((tmp_path / "bare_default.json").read_text())
     distilled = json.loads((tmp_path / "bare_distilled.json").read_text())
     assert bare["images"] == 8 and bare["network_evaluations_per_image"] == 20
     assert distilled["model"] == "novarch-tiny-distilled" and distilled["network_evaluations_per_image"] == 4
+    encode = json.loads((tmp_path / "encode_pool.json").read_text())["images_per_second"]
+    assert set(encode) == {"one thread", "2 threads", "2 processes"}
     job = json.loads((tmp_path / "e2e-parquet-k1.json").read_text())
     assert job["complete"] and job["images_sampled"] == 8
     summary = json.loads((tmp_path / "summary.json").read_text())
