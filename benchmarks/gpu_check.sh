@@ -2,7 +2,7 @@
 # GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default and
 # with the distilled student, the sampler quality grid on v2, and `submit` end to end through a local
 # Ray with GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, and per-image
-# PNGs), PNG encoding on threads against processes, then efficiency = end to end / bare, all in this one run.
+# PNGs), the per-sample noise's cost, PNG encoding on threads against processes, then efficiency = end to end / bare, all in this one run.
 #   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
 #   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
@@ -42,6 +42,8 @@ $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --st
 echo "== bare sampler: --sampler distilled (4 steps, one evaluation each), batch $BATCH"
 $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler distilled --steps 4 --guidance 2 --batch-size "$BATCH" \
   --model novarch-tiny-distilled --device "$DEVICE" | tee "$RESULTS/bare_distilled.json"
+echo "== per-sample noise on one CPU thread (the determinism contract's cost)"
+$PY -m benchmarks.noise_cost --batch "$BATCH" --repeats 5 --out "$RESULTS/noise_cost.json"
 echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes"
 $PY -m benchmarks.encode_pool --images "$ENCODE_IMAGES" --workers "$ENCODE_WORKERS" --repeats 3 --out "$RESULTS/encode_pool.json"
 if [ "$QUALITY" = 1 ]; then

@@ -17,6 +17,7 @@ def test_gpu_check_runs_in_cpu_mode_and_writes_its_results(tmp_path):
     distilled = json.loads((tmp_path / "bare_distilled.json").read_text())
     assert bare["images"] == 8 and bare["network_evaluations_per_image"] == 20
     assert distilled["model"] == "novarch-tiny-distilled" and distilled["network_evaluations_per_image"] == 4
+    assert json.loads((tmp_path / "noise_cost.json").read_text())["draws_per_second"] > 0
     encode = json.loads((tmp_path / "encode_pool.json").read_text())["images_per_second"]
     assert set(encode) == {"one thread", "2 threads", "2 processes"}
     job = json.loads((tmp_path / "e2e-parquet-k1.json").read_text())
