@@ -51,6 +51,13 @@ def test_bad_round_plan_names_the_fix():
     assert DistillConfig(teacher="t", out="o").rounds == [32, 16, 8, 4]
 
 
+def test_an_epsilon_teacher_is_refused_before_anything_is_written(tmp_path):
+    cfg = DistillConfig(teacher=str(default_model_dir("novarch-tiny-v1")), out=str(tmp_path / "student"), start_steps=4, final_steps=2)
+    with pytest.raises(ValueError, match="needs a v-prediction teacher"):
+        distill(cfg)
+    assert not (tmp_path / "student").exists()
+
+
 def test_smoke_distillation_gives_a_student_sampled_in_its_steps(tmp_path):
     cfg = DistillConfig(teacher=str(default_model_dir()), out=str(tmp_path / "student"), start_steps=4, final_steps=2,
                         steps_per_round=2, batch_size=3, threads=1, log_every=1)

@@ -162,6 +162,9 @@ def distill(cfg: DistillConfig) -> Path:
     device = torch.device(cfg.device)
     info = ModelInfo.read(Path(cfg.teacher))
     config = info.scheduler_config
+    if config.get("prediction_type") != "v_prediction":
+        raise ValueError(f"--teacher {cfg.teacher} predicts {config.get('prediction_type', 'epsilon')}; progressive "
+                         f"distillation needs a v-prediction teacher such as workers/models/novarch-tiny (NovArch v2)")
     alphas = alphas_cumprod_for(config).to(device)
     schedule = Schedule(alphas, [], bool(config.get("clip_sample", True)), config.get("prediction_type", "epsilon"))
     teacher = load_unet(Path(cfg.teacher), device).requires_grad_(False)
@@ -243,7 +246,11 @@ def main(**kwargs) -> None:
         cfg = DistillConfig(**kwargs)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
-    click.echo(f"saved {distill(cfg)}")
+    try:
+        folder = distill(cfg)
+    except ValueError as err:  # a teacher that cannot be distilled: refused before anything is written
+        raise click.BadParameter(str(err)) from err
+    click.echo(f"saved {folder}")
 
 
 if __name__ == "__main__":
