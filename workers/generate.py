@@ -44,19 +44,23 @@ class ImageGenerator:
         return self.info.null_label if class_name == ANY_CLASS else self.info.classes.index(class_name)
 
     @torch.inference_mode()
-    def sample(self, seeds: list[int], sampling: SamplingConfig, callback: Callback = None) -> torch.Tensor:
-        """(B, C, H, W) float32 in [-1, 1] for the given per-sample seeds; callback(i, x_t, x0) sees every step."""
+    def sample(self, seeds: list[int], sampling: SamplingConfig, callback: Callback = None,
+               timesteps: list[int] | None = None) -> torch.Tensor:
+        """(B, C, H, W) float32 in [-1, 1] for the given per-sample seeds; callback(i, x_t, x0) sees every step.
+
+        `timesteps` replaces the trailing grid for experiments (benchmarks/spacing.py); jobs never pass it.
+        """
         generators = make_generators(seeds)
         x = draw_noise(generators, self.shape, self.device)  # (B, C, H, W) float32
         labels = torch.full((len(seeds),), self.label_for(sampling.class_name), device=self.device, dtype=torch.long)
         # a distilled student carries its guidance in its weights: one pass per step, as it was trained
         guidance = 1.0 if sampling.sampler == DISTILLED else sampling.guidance
         denoise = make_denoiser(self.unet, labels, self.info.null_label, guidance)
-        timesteps = trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
+        timesteps = timesteps or trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
         schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample, self.prediction_type)
         sampler = SAMPLERS[sampling.sampler]
         return sampler(denoise, x, schedule, generators=generators, callback=callback, **sampling.sampler_kwargs())
 
-    def images(self, seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
+    def images(self, seeds: list[int], sampling: SamplingConfig, timesteps: list[int] | None = None) -> np.ndarray:
         """(B, H, W, C) uint8 images for the given per-sample seeds."""
-        return to_uint8(self.sample(seeds, sampling))
+        return to_uint8(self.sample(seeds, sampling, timesteps=timesteps))
