@@ -35,7 +35,7 @@ from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import TRAIN_DATA_SEED, ema_update, to_model_range
 from novarch_batch.workers.model import ModelInfo, load_unet
-from novarch_batch.workers.samplers import Schedule, predict
+from novarch_batch.workers.samplers import Schedule
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
