@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
-from novarch_batch.training.train import TRAIN_DATA_SEED, ema_update, to_model_range
+from novarch_batch.training.train import TRAIN_DATA_SEED, optimizer_step, seeded_generator, to_model_range
 from novarch_batch.workers.model import ModelInfo, load_unet
 from novarch_batch.workers.samplers import Schedule
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
@@ -97,8 +97,7 @@ class DistillBatches(torch.utils.data.Dataset):
         cfg, b = self.cfg, self.cfg.batch_size
         first = FIRST_INDEX + self.round_index * ROUND_STRIDE + step * b  # independent of steps_per_round
         images, labels = make_images(np.arange(first, first + b), cfg.data_seed)
-        seed = np.random.SeedSequence([cfg.seed, self.round_index, step]).generate_state(1)[0]
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = seeded_generator(cfg.seed, self.round_index, step)
         k = torch.randint(0, self.student_steps, (b,), generator=gen)
         noise = torch.randn((b, 3, 32, 32), generator=gen)
         null = torch.rand(b, generator=gen) < cfg.null_share
@@ -197,14 +196,8 @@ def distill(cfg: DistillConfig) -> Path:
             batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = distill_loss(student, teacher, batch, grid_s, grid_t, alphas, schedule, cfg, first_round=r == 0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            ema_update(ema, student, step, cfg.ema_decay)
-            recent.append(loss.detach())
+            recent.append(optimizer_step(student, ema, opt, step, cfg.ema_decay, device, lambda: distill_loss(
+                student, teacher, batch, grid_s, grid_t, alphas, schedule, cfg, first_round=r == 0)))
             if (step + 1) % cfg.log_every == 0 or step + 1 == steps_per_round:
                 row = {"round": r, "student_steps": student_steps, "step": step + 1,
                        "loss": float(torch.stack(recent).mean()), "seconds": round(time.perf_counter() - start, 1)}

@@ -91,6 +91,25 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
+def optimizer_step(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, step: int, ema_decay: float,
+                   device: torch.device, loss_fn) -> torch.Tensor:
+    """One step of training or distillation: the loss under bf16 autocast on a GPU (the convolutions at
+    twice the rate; weights, optimizer and loss stay float32), clipped gradients, the EMA; the loss back."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, model, step, ema_decay)
+    return loss.detach()
+
+
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A CPU generator determined by the integers given (a run's seed, its step ...) and nothing else."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1)[0]))
+
+
 class TrainingBatches(torch.utils.data.Dataset):
     """Step s's batch, drawn from (seed, s) alone: images, labels after dropout, noise and timesteps.
 
@@ -107,7 +126,7 @@ class TrainingBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         images, labels = make_images(np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size), cfg.data_seed)
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step]).generate_state(1)[0]))
+        gen = seeded_generator(cfg.seed, step)
         x0 = to_model_range(images)
         t = torch.randint(0, self.num_train_timesteps, (cfg.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -168,15 +187,8 @@ def train(cfg: TrainConfig) -> Path:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg, total)
-            # bf16 on a GPU: the convolutions run at twice the rate; weights, optimizer and loss stay float32
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = diffusion_loss(unet, alphas_cumprod, batch, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            ema_update(ema, unet, step, cfg.ema_decay)
-            recent.append(loss.detach())
+            recent.append(optimizer_step(unet, ema, opt, step, cfg.ema_decay, device,
+                                         lambda: diffusion_loss(unet, alphas_cumprod, batch, cfg)))
             bar.update(1)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 row = {"step": step + 1, "loss": float(torch.stack(recent).mean()), "lr": lr_at(step, cfg, total),
