@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import click
@@ -35,7 +35,7 @@ from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import TRAIN_DATA_SEED, optimizer_step, seeded_generator, to_model_range
 from novarch_batch.workers.model import ModelInfo, load_unet
-from novarch_batch.workers.samplers import Schedule
+from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
@@ -107,17 +107,8 @@ class DistillBatches(torch.utils.data.Dataset):
 
 def ddim_step(z: torch.Tensor, out: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """One deterministic DDIM step per sample (a_t, a_prev: (B, 1, 1, 1)), as workers.samplers.sample_ddim at eta 0."""
-    x0, eps = predict_batched(z, out, a_t, schedule)
+    x0, eps = predict(z, out, a_t, schedule)
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-
-
-def predict_batched(z, out, a, schedule: Schedule):
-    """samplers.predict with a per-sample alpha_bar: (x0 clamped as the schedule says, eps)."""
-    if schedule.prediction_type != "v_prediction":
-        raise ValueError("progressive distillation needs a v-prediction teacher (NovArch v2)")
-    x0 = a.sqrt() * z - (1 - a).sqrt() * out
-    eps = (1 - a).sqrt() * z + a.sqrt() * out
-    return (x0.clamp(-1, 1) if schedule.clip_sample else x0), eps
 
 
 def two_step_target(z_t, z_end, a_t, a_end) -> torch.Tensor:
@@ -137,7 +128,10 @@ def guided(unet, z, t, labels, guidance: float) -> torch.Tensor:
 
 def distill_loss(student, teacher, batch, grid_s: torch.Tensor, grid_t: torch.Tensor, alphas: torch.Tensor,
                  schedule: Schedule, cfg: DistillConfig, first_round: bool) -> torch.Tensor:
-    """Student's x0 at (z_t, t) against the two-teacher-step target, weighted by max(SNR, 1) (truncated SNR)."""
+    """Student's x0 at (z_t, t) against the two-teacher-step target, weighted by max(SNR, 1) (truncated SNR).
+
+    The teacher's steps clamp x0 as `schedule` says (the product's DDIM); the student's x0 is left
+    unclamped, so its gradient never vanishes."""
     x0, noise, labels, k = batch["x0"], batch["noise"], batch["labels"], batch["k"]
     abar = lambda t: torch.where(t >= 0, alphas[t.clamp(min=0)], torch.ones_like(alphas[0])).view(-1, 1, 1, 1)
     t, t_mid, t_end = grid_s[k], grid_t[2 * k + 1], grid_t[2 * k + 2]
@@ -149,7 +143,7 @@ def distill_loss(student, teacher, batch, grid_s: torch.Tensor, grid_t: torch.Te
         z_mid = ddim_step(z_t, step(z_t, t), a_t, a_mid, schedule)
         z_end = ddim_step(z_mid, step(z_mid, t_mid.clamp(min=0)), a_mid, a_end, schedule)
         target = two_step_target(z_t, z_end, a_t, a_end)
-    x0_student, _ = predict_batched(z_t, student(z_t, t, class_labels=labels).sample.float(), a_t, Schedule(alphas, [], False, "v_prediction"))
+    x0_student, _ = predict(z_t, student(z_t, t, class_labels=labels).sample.float(), a_t, replace(schedule, clip_sample=False))
     weight = torch.clamp(a_t / (1 - a_t).clamp(min=1e-12), min=1.0).flatten()
     return (weight * F.mse_loss(x0_student, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 

@@ -47,19 +47,22 @@ class Schedule:
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def predict(x: torch.Tensor, out: torch.Tensor, a_t: float, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(x: torch.Tensor, out: torch.Tensor, a_t: float | torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) from the network output at alpha_bar a_t; x0 clamped to [-1, 1] with clip_sample.
+
+    a_t is one number for the samplers, or a (B, 1, 1, 1) tensor of per-sample values (distillation).
 
     epsilon: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) (DDPM eq. 15), which needs a > 0.
     v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022): x0 = sqrt(a) x_t - sqrt(1 - a) v and
     eps = sqrt(1 - a) x_t + sqrt(a) v, defined at a = 0 too (a zero-terminal-SNR schedule's start).
     eps is the network's own, unclamped, as diffusers' DDIM keeps it.
     """
+    sqrt = torch.sqrt if isinstance(a_t, torch.Tensor) else math.sqrt
     if schedule.prediction_type == "v_prediction":
-        x0 = math.sqrt(a_t) * x - math.sqrt(1 - a_t) * out
-        eps = math.sqrt(1 - a_t) * x + math.sqrt(a_t) * out
+        x0 = sqrt(a_t) * x - sqrt(1 - a_t) * out
+        eps = sqrt(1 - a_t) * x + sqrt(a_t) * out
     else:
-        x0, eps = (x - math.sqrt(1 - a_t) * out) / math.sqrt(a_t), out
+        x0, eps = (x - sqrt(1 - a_t) * out) / sqrt(a_t), out
     return (x0.clamp(-1, 1) if schedule.clip_sample else x0), eps
 
 
