@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
 #   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
-# The GPU machine has neither Ray nor this project installed: the project runs from the checkout (a
-# novarch_batch folder of links), and Ray from .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh).
+# The GPU machine has neither Ray nor this project installed: both come from the checkout
+# (benchmarks/from_checkout.sh; Ray from .ray-pack/ray-site.tar.xz, made by bash benchmarks/pack_ray.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-benchmarks/results/gpu}
@@ -20,20 +20,8 @@ E2E_KS=${E2E_KS:-1 2 4}  # actors per GPU tried with embedded images
 FILES=${FILES:-1}  # 0: skip the per-image PNG run
 ENCODE_IMAGES=${ENCODE_IMAGES:-65536}
 ENCODE_WORKERS=${ENCODE_WORKERS:-$(nproc)}
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1
-if ! $PY -c "import novarch_batch.pipeline" 2>/dev/null; then
-  mkdir -p "$WORK/pkg/novarch_batch"
-  for d in pipeline workers storage training; do ln -s "$PWD/$d" "$WORK/pkg/novarch_batch/$d"; done
-  export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! $PY -c "import ray" 2>/dev/null && [ -f .ray-pack/ray-site.tar.xz ]; then
-  mkdir -p "$WORK/ray" && xz -dc .ray-pack/ray-site.tar.xz | tar -x -C "$WORK/ray"
-  export PYTHONPATH="$WORK/ray${PYTHONPATH:+:$PYTHONPATH}"
-fi
-$PY -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'torch', torch.__version__)"
+source benchmarks/from_checkout.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 echo "== bare sampler: the submit default (dpmpp-2m-sde, 10 steps, guidance 2), batch $BATCH"
@@ -62,10 +50,11 @@ e2e() {  # name, then submit flags
 }
 # K actors share the card (each asks Ray for 1/K of it), so one samples while another encodes and
 # writes; the fastest K is the measurement behind --actors-per-gpu's default.
+actors() { [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$1" || echo --actors "$1"; }  # K per GPU, or K CPU actors
 for k in $E2E_KS; do
-  e2e "parquet-k$k" --format parquet $( [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$k" || echo --actors "$k" )
+  e2e "parquet-k$k" --format parquet $(actors "$k")
 done
-[ "$FILES" = 0 ] || e2e files-k1 --format files $( [ "$DEVICE" = cuda ] && echo --actors-per-gpu 1 || echo --actors 1 )
+[ "$FILES" = 0 ] || e2e files-k1 --format files $(actors 1)
 $PY - "$RESULTS" <<'EOF'
 import json, pathlib, sys
 results = pathlib.Path(sys.argv[1])

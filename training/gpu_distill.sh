@@ -7,7 +7,7 @@
 #   bash training/gpu_distill.sh            results in $OUT (or runs/gpu-distill)
 #   DEVICE=cpu STEPS_PER_ROUND=2 BATCH=4 DATA_WORKERS=0 COUNT=8 bash training/gpu_distill.sh   (the CPU rehearsal)
 #   MAX_SECONDS=165 SCORE=0 bash training/gpu_distill.sh    (distillation only, in a fixed time)
-# It runs from a checkout without installing it: novarch_batch is assembled from the source folders.
+# It runs from a checkout without installing it (benchmarks/from_checkout.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-runs/gpu-distill}
@@ -18,12 +18,8 @@ DATA_WORKERS=${DATA_WORKERS:-8}
 COUNT=${COUNT:-1000}
 MAX_SECONDS=${MAX_SECONDS:-}  # set: every round fits in it (steps per round from round 1's pace, recorded)
 SCORE=${SCORE:-1}  # 0: distil only (4-step scoring is cheap enough for a CPU)
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
-mkdir -p "$RESULTS" "$WORK/pkg/novarch_batch"
-for d in pipeline workers storage training; do ln -s "$PWD/$d" "$WORK/pkg/novarch_batch/$d"; done
-export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+mkdir -p "$RESULTS"
+source benchmarks/from_checkout.sh
 
 echo "== distilling workers/models/novarch-tiny: 64 -> 4 steps, $STEPS_PER_ROUND optimizer steps per round"
 $PY -m novarch_batch.training.distill --teacher workers/models/novarch-tiny --out "$WORK/student" --device "$DEVICE" \

@@ -6,7 +6,7 @@
 #   bash training/gpu_train.sh              results in $OUT (or runs/gpu-train): each model as a tar
 #                                           in parts (cat v2-w32.tar.part* | tar -x), scores.tar, logs
 #   DEVICE=cpu TRAIN_SECONDS=20 BATCH=8 DATA_WORKERS=1 COUNT=16 REFERENCE_STEPS=20 bash training/gpu_train.sh   (the CPU rehearsal)
-# It runs from a checkout without installing it: novarch_batch is assembled from the source folders.
+# It runs from a checkout without installing it (benchmarks/from_checkout.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-runs/gpu-train}
@@ -16,12 +16,8 @@ COUNT=${COUNT:-1000}
 REFERENCE_STEPS=${REFERENCE_STEPS:-1000}
 DATA_WORKERS=${DATA_WORKERS:-6}
 BATCH=${BATCH:-512}
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
-mkdir -p "$RESULTS" "$WORK/pkg/novarch_batch"
-for d in pipeline workers storage training; do ln -s "$PWD/$d" "$WORK/pkg/novarch_batch/$d"; done
-export PYTHONPATH="$WORK/pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+mkdir -p "$RESULTS"
+source benchmarks/from_checkout.sh
 
 train() {  # name, then train flags
   local name=$1; shift
