@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from novarch_batch.storage import sha256_file
+from novarch_batch.workers.spec import SHIPPED_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,7 @@ class ModelError(ValueError):
     """A model folder is missing, incomplete or unsafe; the message names the fix."""
 
 
-def default_model_dir(name: str = "novarch-tiny") -> Path:
+def default_model_dir(name: str = SHIPPED_MODEL) -> Path:
     """A shipped model's folder (NovArch-tiny unless named), found as package data of the installed project."""
     return Path(str(resources.files("novarch_batch.workers") / "models" / name))
 
