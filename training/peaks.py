@@ -1,9 +1,9 @@
 """The seed's picture: unconditional trajectories drift to a building or a house, nothing in between.
 
 At every step of `submit`'s own sampler the predicted clean image x0 is shown to the judge. Its
-p(house) between the two classes, p(house) / (p(building) + p(house)), starts near the middle at
-pure noise (where x0 is a blur of both) and ends at one of the two peaks, 0 or 1. The share of
-the judge's third class, "neither", is reported beside it: a blur that is neither still leans.
+p(house) between the two classes, p(house) / (p(building) + p(house)), is used rather than the
+3-way p(house): at pure noise x0 is a blur the judge calls "neither", which would pin the 3-way value
+near 0, while the 2-way one shows which way the blur leans. It ends at one of the two peaks, 0 or 1.
 """
 from __future__ import annotations
 
