@@ -2,10 +2,11 @@
 
     python -m benchmarks.encode_pool --images 8192 --workers 2 --repeats 5 --out benchmarks/results/encode_pool-cpu.json
 
-Actors encode on a thread pool (workers/shard_worker.py); Pillow releases the GIL for part of the
-work, so threads scale only partly. A process pool pays pickling of every image and result. Each
-variant encodes the same uint8 images with the product's own encode_png and sha256; the variants
-alternate, and the medians of the repeats are reported.
+Pillow releases the GIL for part of the work, so threads scale only partly; a process pool pays
+pickling of every image and result. Each variant encodes the same uint8 images with the product's
+own encode_png and sha256; the variants alternate, and the medians of the repeats are reported.
+The last variant is the actors' own path (workers/shard_worker.py): chunks of ENCODE_CHUNK images
+handed from the store threads to a PngEncoder's processes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from benchmarks.common import machine, median, save
 from novarch_batch.training.dataset import make_images
-from novarch_batch.workers.encode import encode_png, sha256_hex
+from novarch_batch.storage import UPLOAD_CONCURRENCY
+from novarch_batch.workers.encode import PngEncoder, encode_png, sha256_hex
+from novarch_batch.workers.shard_worker import ENCODE_CHUNK
 
 CHUNK = 256  # images per process-pool task: one pickle round trip amortised over many encodes
 
@@ -40,11 +43,14 @@ def main(images, workers, repeats, out):
     batch, _ = make_images(np.arange(images), 4000)  # real scenes: PNG size and speed depend on content
     threads = ThreadPoolExecutor(max_workers=workers)
     processes = ProcessPoolExecutor(max_workers=workers)
+    encoder, store_threads = PngEncoder(workers), ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY)
+    chunks = [batch[lo:lo + ENCODE_CHUNK] for lo in range(0, images, ENCODE_CHUNK)]
     variants = {
         "one thread": lambda: [encode_one(im) for im in batch],
         f"{workers} threads": lambda: list(threads.map(encode_one, batch)),
         f"{workers} processes": lambda: [r for part in processes.map(encode_chunk, np.array_split(batch, max(1, images // CHUNK)))
                                          for r in part],
+        f"actors' PngEncoder, {workers} processes": lambda: [r for part in store_threads.map(encoder.encode, chunks) for r in part],
     }
     reference = variants["one thread"]()
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -57,6 +63,8 @@ def main(images, workers, repeats, out):
             assert [h for _, h in result] == [h for _, h in reference], f"{name} changed the bytes"
     threads.shutdown()
     processes.shutdown()
+    encoder.close()
+    store_threads.shutdown()
     results = {"machine": machine(), "images": images, "workers": workers, "repeats": repeats,
                "images_per_second": {name: {"median": median(v), "all": [round(x) for x in v]} for name, v in rates.items()}}
     for name, v in rates.items():

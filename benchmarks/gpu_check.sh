@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default and
-# with the distilled student, the sampler quality grid on v2, and `submit` end to end through a local
-# Ray with GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, and per-image
-# PNGs), the per-sample noise's cost, PNG encoding on threads against processes, then efficiency = end to end / bare, all in this one run.
+# GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default
+# (noise drawn ahead on threads, as actors do; drawn on the sampling thread; compiled), with the
+# distilled student, the sampler quality grid on v2, and `submit` end to end through a local Ray with
+# GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, compiled, and
+# per-image PNGs), the per-sample noise's cost, PNG encoding on threads against processes, then
+# efficiency = end to end / bare, all in this one run.
 #   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
 #   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
@@ -18,6 +20,7 @@ BATCH=${BATCH:-1024}
 QUALITY=${QUALITY:-1}
 E2E_KS=${E2E_KS:-1 2 4}  # actors per GPU tried with embedded images
 FILES=${FILES:-1}  # 0: skip the per-image PNG run
+COMPILE=${COMPILE:-1}  # 0: skip the compiled runs (bare and end to end)
 ENCODE_IMAGES=${ENCODE_IMAGES:-65536}
 ENCODE_WORKERS=${ENCODE_WORKERS:-$(nproc)}
 mkdir -p "$RESULTS"
@@ -27,11 +30,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "== bare sampler: the submit default (dpmpp-2m-sde, 10 steps, guidance 2), batch $BATCH"
 $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
   --device "$DEVICE" | tee "$RESULTS/bare_default.json"
+echo "== bare sampler: the default with each step's noise drawn on the sampling thread (no noise threads)"
+$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
+  --device "$DEVICE" --noise-threads 0 | tee "$RESULTS/bare_default_inline_noise.json"
+if [ "$COMPILE" = 1 ]; then
+  echo "== bare sampler: the default, --compile (CUDA graphs on a GPU)"
+  $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
+    --device "$DEVICE" --compile | tee "$RESULTS/bare_default_compiled.json"
+fi
 echo "== bare sampler: --sampler distilled (4 steps, one evaluation each), batch $BATCH"
 $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler distilled --steps 4 --guidance 2 --batch-size "$BATCH" \
   --model novarch-tiny-distilled --device "$DEVICE" | tee "$RESULTS/bare_distilled.json"
-echo "== per-sample noise on one CPU thread (the determinism contract's cost)"
-$PY -m benchmarks.noise_cost --batch "$BATCH" --repeats 5 --out "$RESULTS/noise_cost.json"
+echo "== per-sample noise: drawn when asked, or ahead on 1, 2, 4, 8 threads (the determinism contract's cost)"
+$PY -m benchmarks.noise_cost --batch "$BATCH" --threads 1,2,4,8 --repeats 5 --out "$RESULTS/noise_cost.json"
 echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes"
 $PY -m benchmarks.encode_pool --images "$ENCODE_IMAGES" --workers "$ENCODE_WORKERS" --repeats 3 --out "$RESULTS/encode_pool.json"
 if [ "$QUALITY" = 1 ]; then
@@ -54,16 +65,20 @@ actors() { [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$1" || echo --actors "
 for k in $E2E_KS; do
   e2e "parquet-k$k" --format parquet $(actors "$k")
 done
+[ "$COMPILE" = 0 ] || e2e parquet-k1-compiled --format parquet --compile $(actors 1)
 [ "$FILES" = 0 ] || e2e files-k1 --format files $(actors 1)
 $PY - "$RESULTS" <<'EOF'
 import json, pathlib, sys
 results = pathlib.Path(sys.argv[1])
 bare = json.loads((results / "bare_default.json").read_text())["images_per_second"]
+variants = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("bare_*.json"))}
 rows = {p.stem[4:]: json.loads(p.read_text()) for p in sorted(results.glob("e2e-*.json"))}
 # "whole": count / wall time of the job (Ray and model start included); "sampling": from the first
 # ready actor to the end, which is what a long job converges to
 sampling = {name: r["count"] / max(r["seconds"] - r["startup_seconds"], 1e-9) for name, r in rows.items()}
 summary = {"bare_images_per_second": bare,
+           "bare": {name: {"images_per_second": r["images_per_second"], "network_evaluations_per_second":
+                           r["images_per_second"] * r["network_evaluations_per_image"]} for name, r in variants.items()},
            "e2e": {name: {"images_per_second_whole": r["images_per_second"], "images_per_second_sampling": sampling[name],
                           "efficiency_whole": r["images_per_second"] / bare, "efficiency_sampling": sampling[name] / bare}
                    for name, r in rows.items()}}

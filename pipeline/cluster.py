@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 
 from novarch_batch.pipeline.autoscaler import max_gpus
-from novarch_batch.workers.spec import RunConfig
+from novarch_batch.workers.spec import GPU_ENCODE_PROCESSES, RunConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class ActorResources:
     num_cpus: float
     threads: int  # torch intra-op threads per actor; 0 = torch's default
     device: str
+    encode_processes: int = 0  # PNG encoder processes per actor; 0 = encode on the actor's own threads
     gpus: int = 0  # GPUs asked for (actors / actors_per_gpu)
     gpus_now: int = 0  # GPUs in the cluster when the job started
     gpus_addable: int = 0  # GPUs the autoscaler could add on top
@@ -92,11 +93,12 @@ def actor_resources(run: RunConfig, local: bool = False) -> ActorResources:
         gpus = run.gpus or ceiling
         if gpus:
             k = run.actors_per_gpu
-            return ActorResources(gpus * k, 1 / k, 1 / k, 0, "cuda", gpus=gpus, gpus_now=gpus_now, gpus_addable=ceiling - gpus_now)
+            encode = run.encode_processes or max(1, GPU_ENCODE_PROCESSES // k)
+            return ActorResources(gpus * k, 1 / k, 1 / k, 0, "cuda", encode, gpus=gpus, gpus_now=gpus_now, gpus_addable=ceiling - gpus_now)
         if run.device == "cuda":
             raise RuntimeError("--device cuda, but the Ray cluster has no GPU and no autoscaler that can add one; "
                                "use --device auto or cpu, or a cluster with GPU nodes")
     actors = run.actors or default_cpu_actors(cpus)
     threads = max(1, cpus // actors)
     # Fractional CPUs when the user asks for more actors than cores: Ray would otherwise wait forever.
-    return ActorResources(actors, 0, min(float(threads), cpus / actors), threads, "cpu")
+    return ActorResources(actors, 0, min(float(threads), cpus / actors), threads, "cpu", run.encode_processes)

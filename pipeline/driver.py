@@ -146,7 +146,8 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         metrics.add("shards_committed_total")
 
     scheduler = ShardScheduler(
-        make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256),
+        make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256,
+                                            compile=spec.run.compile, encode_processes=resources.encode_processes),
         actors=actors,
         make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
         on_done=on_done,

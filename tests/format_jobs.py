@@ -17,9 +17,9 @@ def s3_format_jobs(bucket: str) -> dict[str, str]:
 
     out = f"s3://{bucket}/formats-{time.time_ns()}"
     urls = {}
-    for fmt in ("parquet", "webdataset"):
+    for fmt, encode_processes in (("parquet", 2), ("webdataset", 0)):  # PNGs from an encoder pool inside the actor, and inline
         spec = build_spec(count=COUNT, out=out, steps=1, shard_size=SHARD_SIZE, batch_size=SHARD_SIZE, actors=1, seed=3,
-                          class_name="house", format=fmt)
+                          class_name="house", format=fmt, encode_processes=encode_processes)
         assert driver.run(spec).complete
         urls[fmt] = f"{out}/{spec.job_id}"
     return urls

@@ -37,7 +37,7 @@ def test_ddim_step_matches_the_shipped_ddim_sampler():
     z = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     one = ddim_step(z, net(z, 999), alphas[999].view(1, 1, 1, 1).expand(2, 1, 1, 1), alphas[499].view(1, 1, 1, 1).expand(2, 1, 1, 1), schedule)
     two = ddim_step(one, net(one, 499), alphas[499].view(1, 1, 1, 1).expand(2, 1, 1, 1), torch.ones(2, 1, 1, 1), schedule)
-    assert torch.allclose(two, sample_ddim(net, z.clone(), schedule, generators=None), atol=1e-5)
+    assert torch.allclose(two, sample_ddim(net, z.clone(), schedule, noise=None), atol=1e-5)
 
 
 def test_trailing_grids_are_nested():

@@ -62,6 +62,18 @@ def test_every_writer_writes_then_reads_back_in_id_order(name, tmp_path):
         assert storage.exists(shard_format.tar_key(0))
 
 
+def test_the_encoder_processes_give_the_bytes_of_inline_encoding():
+    from novarch_batch.training.dataset import make_images
+    from novarch_batch.workers.encode import PngEncoder, encode_many
+
+    images, _ = make_images(np.arange(40), 4000)
+    pool = PngEncoder(2)
+    try:
+        assert pool.encode(images) == encode_many(images)
+    finally:
+        pool.close()
+
+
 def test_the_writers_are_the_formats():
     assert set(WRITERS) - {"null"} == set(OUTPUT_FORMATS)
 

@@ -10,7 +10,7 @@ from novarch_batch.workers.model import ModelInfo, default_model_dir, load_unet,
 from novarch_batch.workers.samplers import SAMPLERS, Schedule
 from novarch_batch.workers.spec import SAMPLER_OPTIONS, SHIPPED_MODELS, SHIPPED_STUDENT
 from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
-from novarch_batch.workers.seeds import draw_noise, make_generators, sample_seed
+from novarch_batch.workers.seeds import GeneratorNoise, draw_noise, make_generators, sample_seed
 
 STEPS = 10
 SEEDS = [sample_seed(7, i) for i in range(3)]
@@ -81,7 +81,7 @@ def run_ours(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS
     denoise = make_denoiser(unet, torch.tensor(labels), info.null_label, guidance)
     with torch.inference_mode():
         options = {"eta": eta} if "eta" in SAMPLER_OPTIONS[name] else {}  # as SamplingConfig.sampler_kwargs passes it
-        return SAMPLERS[name](denoise, x, schedule, generators=gens, **options)
+        return SAMPLERS[name](denoise, x, schedule, noise=GeneratorNoise(gens), **options)
 
 
 def run_diffusers(name, unet, info, seeds, labels, guidance=2.0, eta=0.0, steps=STEPS):
@@ -153,7 +153,7 @@ def test_ancestral_noise_comes_from_the_sample_generator():
     gens = make_generators(seeds)
     x = draw_noise(gens, (3, 32, 32))
     schedule = schedule_of(info, [999, 500], clip_sample=False)
-    out = SAMPLERS["ddpm"](zero, x.clone(), schedule, generators=gens)
+    out = SAMPLERS["ddpm"](zero, x.clone(), schedule, noise=GeneratorNoise(gens))
     # Independent computation of the same two steps from the formulas (Ho et al. eq. 7).
     ac = alphas_cumprod_for(info.scheduler_config).double()
     ref_gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -181,7 +181,7 @@ def test_every_sampler_has_its_options_declared():
     assert set(SAMPLERS) == set(SAMPLER_OPTIONS)
     for name, fn in SAMPLERS.items():
         params = inspect.signature(fn).parameters
-        assert [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY] == ["generators", *SAMPLER_OPTIONS[name], "callback"]
+        assert [p for p in params if params[p].kind is inspect.Parameter.KEYWORD_ONLY] == ["noise", *SAMPLER_OPTIONS[name], "callback"]
 
 
 def test_v_prediction_recovers_the_image_at_pure_noise():
@@ -217,3 +217,76 @@ def test_distilled_sampler_is_diffusers_ddim_on_the_student_in_one_pass_per_step
     batch = generator.sample(SEEDS, SamplingConfig(class_name="house", sampler="distilled", steps=4, guidance=2.0))
     alone = torch.cat([generator.sample([s], SamplingConfig(class_name="house", sampler="distilled", steps=4, guidance=2.0)) for s in SEEDS])
     assert ((batch.clamp(-1, 1) - alone.clamp(-1, 1)).abs() * 127.5).max() <= 1.0  # within one level of 255
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 5, 5)])  # whole 16-value blocks of torch's sampler, and not
+def test_predrawn_noise_is_each_generators_stream(shape):
+    """Noise drawn ahead on threads is, draw for draw, what the generators give when asked; past the
+    predrawn draws it goes on from where they ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from novarch_batch.workers.seeds import PredrawnNoise
+
+    seeds = [sample_seed(3, i) for i in range(5)]
+    asked = GeneratorNoise(make_generators(seeds))
+    with ThreadPoolExecutor(2) as pool:
+        ahead = PredrawnNoise.start(pool, 2, make_generators(seeds), shape, draws=3)
+        for _ in range(5):
+            assert torch.equal(ahead.draw(shape, "cpu"), asked.draw(shape, "cpu"))
+
+
+@pytest.mark.parametrize("name,eta", CASES + [("distilled", 0.0)])
+def test_noise_draws_counts_what_the_sampler_draws(name, eta):
+    """SamplingConfig.noise_draws sizes the predrawn noise; it must be what each sampler really reads."""
+    from novarch_batch.workers.spec import SamplingConfig
+
+    info = ModelInfo.read(default_model_dir())
+
+    class Counted(GeneratorNoise):
+        draws = 0
+
+        def draw(self, shape, device):
+            Counted.draws += 1
+            return super().draw(shape, device)
+
+    noise = Counted(make_generators(SEEDS[:2]))
+    x = noise.draw((3, 32, 32), "cpu")
+    options = {"eta": eta} if "eta" in SAMPLER_OPTIONS[name] else {}
+    SAMPLERS[name](lambda x, t: torch.zeros_like(x), x, schedule_of(info, trailing_timesteps(1000, 5)), noise=noise, **options)
+    assert Counted.draws == SamplingConfig(sampler=name, steps=5, eta=eta).noise_draws()
+
+
+def test_stream_draws_noise_ahead_without_changing_a_byte():
+    """The actors' path: micro-batches through ImageGenerator.stream with noise threads give the
+    bytes of plain one-batch-at-a-time sampling (the default SDE sampler draws noise every step)."""
+    import numpy as np
+
+    from novarch_batch.workers.generate import ImageGenerator
+    from novarch_batch.workers.spec import SamplingConfig
+
+    sampling = SamplingConfig(class_name="house", steps=3)
+    batches = [SEEDS[:2], SEEDS[2:]]
+    plain = ImageGenerator(default_model_dir(), "cpu")
+    threaded = ImageGenerator(default_model_dir(), "cpu", noise_threads=2)
+    streamed = list(threaded.stream(batches, sampling))
+    assert [len(images) for images in streamed] == [2, 1]
+    for images, seeds in zip(streamed, batches):
+        assert np.array_equal(images, plain.images(seeds, sampling))
+
+
+def test_compiled_network_samples_within_one_level_and_compiles_one_shape():
+    """--compile: torch.compile (inductor, on this CPU) at one batch shape; a short last micro-batch
+    is padded to it, so a shard compiles once, and images stay within one level of the eager ones."""
+    import numpy as np
+    from torch._dynamo.utils import counters
+
+    from novarch_batch.workers.generate import ImageGenerator
+    from novarch_batch.workers.spec import SamplingConfig
+
+    sampling = SamplingConfig(steps=2)  # unconditional: one network pass per step
+    batches = [SEEDS[:2], SEEDS[2:]]
+    eager = np.concatenate(list(ImageGenerator(default_model_dir(), "cpu").stream(batches, sampling)))
+    counters.clear()
+    compiled = np.concatenate(list(ImageGenerator(default_model_dir(), "cpu", compile=True).stream(batches, sampling)))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert compiled.shape == eager.shape and np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1

@@ -34,7 +34,7 @@ def test_defaults_come_from_the_dataclasses(tmp_path):
 
 
 def test_json_round_trip_and_unknown_keys_refused(tmp_path):
-    spec = build_spec(count=10, out=str(tmp_path), sampler="ddim", eta=0.3, class_name="house", actors=3)
+    spec = build_spec(count=10, out=str(tmp_path), sampler="ddim", eta=0.3, class_name="house", actors=3, compile=True)
     data = spec.to_dict()
     assert JobSpec.from_dict(data) == spec
     data["sampling"]["temperature"] = 2.0

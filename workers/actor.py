@@ -10,10 +10,12 @@ from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 
 class ShardActor:
-    def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None):
+    def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None,
+                 compile: bool = False, encode_processes: int = 0):
         from novarch_batch.workers.shard_worker import ShardWorker
 
-        self._worker = ShardWorker(model, device, threads, model_sha256=model_sha256)
+        self._worker = ShardWorker(model, device, threads, model_sha256=model_sha256, compile=compile,
+                                   encode_processes=encode_processes)
 
     def ping(self) -> str:
         """Answers once the model is loaded: the driver counts the actor ready from here."""

@@ -3,8 +3,8 @@
 Each maps noise ``x`` (B, C, H, W) to images in [-1, 1]. ``denoise(x, t)`` returns the network's
 output in float32 (guidance already applied): the noise epsilon or the velocity v, as the model's
 ``prediction_type`` says; ``predict`` turns either into the clean image and the noise. All sampler
-maths runs in float32 whatever precision the network uses. ``generators[b]`` is sample b's own CPU generator: ancestral noise is
-drawn from it in step order, so a sample never depends on its batch (DESIGN.md, determinism).
+maths runs in float32 whatever precision the network uses. ``noise`` yields each sample's stream
+from its own CPU generator (workers/seeds.py): ancestral noise is drawn from it in step order, so a sample never depends on its batch (DESIGN.md, determinism).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from novarch_batch.workers.seeds import draw_noise
+from novarch_batch.workers.seeds import NoiseSource
 
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]  # (step index, x_t, predicted x0)
@@ -66,7 +66,7 @@ def predict(x: torch.Tensor, out: torch.Tensor, a_t: float | torch.Tensor, sched
     return (x0.clamp(-1, 1) if schedule.clip_sample else x0), eps
 
 
-def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
+def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, noise: NoiseSource, callback: Callback = None):
     """Ancestral sampling of the reverse SDE (Ho et al. 2020, eq. 6-7, variance beta~_t)."""
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
@@ -76,14 +76,14 @@ def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
         mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)) * x
         if t_prev >= 0:
             variance = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)
-            mean = mean + math.sqrt(variance) * draw_noise(generators, x.shape[1:], x.device)
+            mean = mean + math.sqrt(variance) * noise.draw(x.shape[1:], x.device)
         x = mean
         if callback:
             callback(i, x, x0)
     return x
 
 
-def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, eta: float = 0.0, callback: Callback = None):
+def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, noise: NoiseSource, eta: float = 0.0, callback: Callback = None):
     """DDIM (Song et al. 2021, eq. 12): deterministic at eta = 0, ancestral noise of scale eta otherwise."""
     for i, (t, t_prev) in enumerate(schedule.pairs()):
         a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
@@ -91,7 +91,7 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)  # eq. 16
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if eta > 0 and t_prev >= 0:
-            x = x + sigma * draw_noise(generators, x.shape[1:], x.device)
+            x = x + sigma * noise.draw(x.shape[1:], x.device)
         if callback:
             callback(i, x, x0)
     return x
@@ -100,7 +100,7 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, genera
 ZERO_SNR_FLOOR = 2.0**-24
 
 
-def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators, sde: bool, callback: Callback):
+def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, noise: NoiseSource, sde: bool, callback: Callback):
     """DPM-Solver++(2M) in data prediction: the ODE update, or with ``sde`` the reverse-SDE one."""
     lam = lambda a: 0.5 * math.log(a / (1 - a))  # lambda_t = log(alpha_t / sigma_t)
     prev_x0, prev_h = None, None
@@ -119,7 +119,7 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators,
             if sde:
                 fresh = -math.expm1(-2 * h)  # 1 - e^-2h: the share of the variance drawn anew
                 x = (ratio * math.exp(-h)) * x + (math.sqrt(a_t) * fresh) * d \
-                    + (math.sqrt(1 - a_t) * math.sqrt(fresh)) * draw_noise(generators, x.shape[1:], x.device)
+                    + (math.sqrt(1 - a_t) * math.sqrt(fresh)) * noise.draw(x.shape[1:], x.device)
             else:
                 x = ratio * x - (math.sqrt(a_t) * math.expm1(-h)) * d  # alpha_t (e^-h - 1)
             prev_h = h
@@ -129,17 +129,17 @@ def _dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, generators,
     return x
 
 
-def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
+def sample_dpmpp_2m(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, noise: NoiseSource, callback: Callback = None):
     """DPM-Solver++(2M) multistep in data prediction (Lu et al. 2022, alg. 2); first order on the first and last step.
 
     With clip_sample the data prediction is clamped to [-1, 1] (diffusers' thresholding with
     sample_max_value 1): at t = T-1 of a cosine schedule alpha_bar is ~2e-9, so an unclamped x0
     from eps amplifies the network's error ~20,000 times and the first step never recovers.
     """
-    return _dpmpp_2m(denoise, x, schedule, generators, False, callback)
+    return _dpmpp_2m(denoise, x, schedule, noise, False, callback)
 
 
-def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
+def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, noise: NoiseSource, callback: Callback = None):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5; diffusers' "sde-dpmsolver++", midpoint).
 
     The same data-prediction multistep as dpmpp-2m, but each step solves the reverse SDE: it keeps
@@ -147,14 +147,14 @@ def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *
     generator. Like DDPM, that fresh noise washes out the network's errors at low noise levels,
     and the second-order update reaches DDPM-20 quality in 10 steps with this model (BENCHMARKS.md).
     """
-    return _dpmpp_2m(denoise, x, schedule, generators, True, callback)
+    return _dpmpp_2m(denoise, x, schedule, noise, True, callback)
 
 
-def sample_distilled(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, generators, callback: Callback = None):
+def sample_distilled(denoise: Denoise, x: torch.Tensor, schedule: Schedule, *, noise: NoiseSource, callback: Callback = None):
     """A distilled student's sampler (training/distill.py): deterministic DDIM on the trailing grid of
     the student's steps, which is the grid it was distilled on; guidance is folded into the student,
     so `denoise` makes one network pass per step."""
-    return sample_ddim(denoise, x, schedule, generators=generators, eta=0.0, callback=callback)
+    return sample_ddim(denoise, x, schedule, noise=noise, eta=0.0, callback=callback)
 
 
 # Keyed like workers.spec.SAMPLER_OPTIONS, which names the optional arguments each one takes.

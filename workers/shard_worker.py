@@ -23,7 +23,7 @@ import torch
 from novarch_batch.storage import UPLOAD_CONCURRENCY, Storage, open_storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import commit_shard
-from novarch_batch.workers.encode import encode_png, sha256_hex
+from novarch_batch.workers.encode import PngEncoder
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.seeds import sample_seed
@@ -41,18 +41,25 @@ def ray_node_id() -> str:
         return "-"
 
 
+# Images per encode-and-store task: one pickle round trip to an encoder process carries this many,
+# and up to UPLOAD_CONCURRENCY chunks store at once (one PUT per image with --format files).
+ENCODE_CHUNK = 64
+
+
 class ShardWorker:
     """Runs with two calls in flight (the driver's ``max_concurrency``): one shard samples while the
     previous one waits for its uploads and commits, so the sampler never idles between shards."""
 
-    def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None):
+    def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None,
+                 compile: bool = False, encode_processes: int = 0):
         forced = os.environ.get(FORCE_DEVICE_ENV)
         if forced:
             device, threads = forced, threads or 1  # a stand-in for a GPU: one thread, so actors on one host share it
         if threads:
             torch.set_num_threads(threads)
         folder = fetch_model_folder(model, expected_sha256=model_sha256)  # s3:// once per node, then cached
-        self.generator = ImageGenerator(folder, device)
+        self.generator = ImageGenerator(folder, device, compile=compile)
+        self.encoder = PngEncoder(encode_processes)
         self.info = self.generator.info
         self._sampling = threading.Lock()  # one shard samples at a time; the other call only finishes up
         self.pool = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="store")
@@ -96,25 +103,30 @@ class ShardWorker:
         }
         ids = list(range(task.start, task.stop))
         seeds = [sample_seed(task.sampling.seed, i) for i in ids]
+        batches = [seeds[lo : lo + task.batch_size] for lo in range(0, len(ids), task.batch_size)]
         pending: list[Future] = []
-        sample_seconds = 0.0
+        sample_seconds, done = 0.0, 0
         with self._sampling:
-            for lo in range(0, len(ids), task.batch_size):
-                t0 = time.perf_counter()
-                images = self.generator.images(seeds[lo : lo + task.batch_size], task.sampling)
+            t0 = time.perf_counter()
+            for images in self.generator.stream(batches, task.sampling):
                 sample_seconds += time.perf_counter() - t0
-                for j, image in enumerate(images):
-                    row = {"id": ids[lo + j], "seed": seeds[lo + j], **common}
-                    pending.append(self.pool.submit(self._write_image, writer, row, image))
-        stored = [f.result() for f in pending]  # re-raises the first write error: the shard is not committed
+                for lo in range(0, len(images), ENCODE_CHUNK):
+                    chunk = range(done + lo, done + min(lo + ENCODE_CHUNK, len(images)))
+                    rows = [{"id": ids[i], "seed": seeds[i], **common} for i in chunk]
+                    pending.append(self.pool.submit(self._store_chunk, writer, rows, images[lo : lo + ENCODE_CHUNK]))
+                done += len(images)
+                t0 = time.perf_counter()
+        stored = [row for f in pending for row in f.result()]  # re-raises the first write error: the shard is not committed
         rows = {name: [row[name] for row in stored] for name in stored[0]}
         return {**rows, **writer.close()}, sample_seconds
 
-    @staticmethod
-    def _write_image(writer: ShardWriter, row: dict, image) -> dict:
-        """Encode one image and hand it to the shard's writer (which may upload it); its row back."""
-        data = encode_png(image)
-        height, width = image.shape[:2]  # (H, W, C)
-        row = {**row, "width": width, "height": height, "sha256": sha256_hex(data)}
-        writer.write(row["id"], data, row)
-        return row
+    def _store_chunk(self, writer: ShardWriter, rows: list[dict], images) -> list[dict]:
+        """Encode a chunk of images (here, or on the encoder's processes) and hand each to the shard's
+        writer (which may upload it); their rows back."""
+        height, width = images.shape[1:3]  # (B, H, W, C)
+        stored = []
+        for row, (data, digest) in zip(rows, self.encoder.encode(images)):
+            row = {**row, "width": width, "height": height, "sha256": digest}
+            writer.write(row["id"], data, row)
+            stored.append(row)
+        return stored

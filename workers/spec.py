@@ -24,6 +24,7 @@ SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
     "distilled": (),  # a distilled student's own DDIM: steps and guidance are the student's
 }
 DISTILLED = "distilled"
+STOCHASTIC_SAMPLERS = ("ddpm", "dpmpp-2m-sde")  # fresh noise at every step; ddim too when --eta > 0
 ANY_CLASS = "any"  # unconditional: each image drifts to the kind of image it finds
 SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it means the same on every machine
 SHIPPED_STUDENT = "novarch-tiny-distilled"  # what --sampler distilled samples unless --model names another student
@@ -31,6 +32,11 @@ SHIPPED_MODELS = (SHIPPED_MODEL, "novarch-tiny-v1", SHIPPED_STUDENT)  # v1 stays
 MAX_STEPS = 1000  # the model's number of training timesteps
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
+# PNG encoder processes per GPU, shared by its actors. One process encodes ~15,000 32x32 images/s
+# on this project's CPU (BENCHMARKS.md); at the 10,000 images/s a GPU should reach, the actor's
+# own threads also build rows and pickle chunks, so four per GPU keep encoding off the critical
+# path on a node with the usual 8+ cores per GPU.
+GPU_ENCODE_PROCESSES = 4
 
 
 class SpecError(ValueError):
@@ -105,6 +111,12 @@ class SamplingConfig:
         guided = self.guidance not in (0.0, 1.0) and self.class_name != ANY_CLASS and self.sampler != DISTILLED
         return self.steps * (2 if guided else 1)
 
+    def noise_draws(self) -> int:
+        """Noise draws per sample (workers/seeds.py): the initial noise, and for an ancestral or SDE
+        sampler one more per step but the last, which lands on the clean image."""
+        stochastic = self.sampler in STOCHASTIC_SAMPLERS or (self.sampler == "ddim" and self.eta > 0)
+        return self.steps if stochastic else 1
+
     def sampler_kwargs(self) -> dict:
         """The optional fields this sampler reads, as keyword arguments of its function."""
         return {name: getattr(self, name) for name in SAMPLER_OPTIONS[self.sampler]}
@@ -157,9 +169,14 @@ class RunConfig:
                                      metavar="ADDR")
     device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
                          "else CPU.", choices=DEVICES)
+    compile: bool = option(False, "torch.compile the network for the micro-batch's shape (CUDA graphs on a GPU): "
+                           "faster sampling after a one-off compilation per actor (~30 s on a CPU); images stay "
+                           "within one level of 255 of the uncompiled ones.")
+    encode_processes: int = option(0, "PNG encoder processes per actor.", metavar="N",
+                                   show=f"{GPU_ENCODE_PROCESSES} per GPU, split among its actors; none for CPU actors, which encode on their own threads")
 
     def validate(self) -> None:
-        for name in ("gpus", "actors_per_gpu", "actors", "batch_size"):
+        for name in ("gpus", "actors_per_gpu", "actors", "batch_size", "encode_processes"):
             _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         _check(self.actors_per_gpu > 0, f"--actors-per-gpu must be a positive integer, got {self.actors_per_gpu}")
         _check(self.batch_size > 0, f"--batch-size must be a positive integer, got {self.batch_size}")
