@@ -29,14 +29,18 @@ from novarch_batch.workers.spec import SHIPPED_MODEL, SamplingConfig
 @click.option("--threads", default=2)
 @click.option("--device", default="auto")
 @click.option("--contiguous", is_flag=True, help="NCHW network instead of the channels-last one CPU actors use.")
+@click.option("--channels-last", is_flag=True, help="NHWC network on a GPU too (GPU actors use NCHW).")
 @click.option("--model", default=SHIPPED_MODEL, show_default=True, help="A shipped model's name.")
 @click.option("--compile", "compiled", is_flag=True, help="torch.compile the network (submit --compile).")
 @click.option("--noise-threads", type=int, default=None, help="Threads drawing noise ahead [default: 4 on a GPU, 0 on a CPU].")
-def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous, model, compiled, noise_threads):
+def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous, channels_last, model, compiled,
+         noise_threads):
     torch.set_num_threads(threads)
     generator = ImageGenerator(default_model_dir(model), device, noise_threads=noise_threads, compile=compiled)
     if contiguous:
         generator.unet = generator.unet.to(memory_format=torch.contiguous_format)
+    if channels_last:
+        generator.unet = generator.unet.to(memory_format=torch.channels_last)
     sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance)
     seeds = [sample_seed(0, i) for i in range(count)]
     batches = [seeds[lo:lo + batch_size] for lo in range(0, count, batch_size)]
@@ -51,7 +55,9 @@ def main(count, sampler, steps, guidance, class_name, batch_size, threads, devic
     print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(generator.device),
                       "model": model, "sampler": sampler, "steps": steps, "guidance": guidance, "batch_size": batch_size,
                       "network_evaluations_per_image": sampling.network_evaluations(), "compile": compiled,
-                      "noise_threads": generator.noise_threads, "warm_up_seconds": warm_up}))
+                      "noise_threads": generator.noise_threads, "warm_up_seconds": warm_up,
+                      "memory_format": "channels_last" if channels_last or (generator.device.type == "cpu" and not contiguous)
+                      else "contiguous"}))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# GPU check, one go, within about 6 minutes on one CUDA GPU: the bare sampler at the submit default
-# (noise drawn ahead on threads, as actors do; drawn on the sampling thread; compiled), with the
-# distilled student, the sampler quality grid on v2, and `submit` end to end through a local Ray with
-# GPU actors into a local folder (embedded images at 1, 2 and 4 actors per GPU, compiled, and
-# per-image PNGs), the per-sample noise's cost, PNG encoding on threads against processes, then
-# efficiency = end to end / bare, all in this one run.
-#   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu)
-#   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 QUALITY=0 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
+# GPU check, one go, within about 6 minutes on one CUDA GPU (BUDGET seconds; the runs are in order of
+# importance, and one that would start after the budget is skipped and named in skipped.txt):
+#   1. the bare sampler at the submit default, noise drawn ahead on the actors' threads (the product's
+#      path), then drawn on the sampling thread; the noise and PNG-encoding rates of this machine's CPU;
+#   2. `submit` end to end through a local Ray with one GPU actor into a local folder, embedded images,
+#      for at least E2E_SECONDS of sampling: efficiency = end to end / bare, same run;
+#   3. the bare default compiled (CUDA graphs); the student; the default at a 4x micro-batch, and channels-last;
+#   4. end to end at more actors per GPU (E2E_KS), compiled, and with per-image PNGs;
+#   5. the v2 sampler-quality grid (QUALITY=1; off by default: measured with the model).
+# Then summary.json: network evaluations/s of every bare variant, end to end / bare of every job.
+#   bash benchmarks/gpu_check.sh                       results in $OUT (or benchmarks/results/gpu);
+#   PACK=1 leaves summary.json and results.tar.gz (a device call returns 8 files at most)
+#   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
 # The GPU machine has neither Ray nor this project installed: both come from the checkout
 # (benchmarks/from_checkout.sh; Ray from .ray-pack/ray-site.tar.xz, made by bash benchmarks/pack_ray.sh).
@@ -14,59 +19,79 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-benchmarks/results/gpu}
 DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-330}  # seconds after which no new run starts
 BARE_COUNT=${BARE_COUNT:-32768}
-E2E_COUNT=${E2E_COUNT:-200000}  # about a minute of sampling at 3,000+ images/s
 BATCH=${BATCH:-1024}
-QUALITY=${QUALITY:-1}
-E2E_KS=${E2E_KS:-1 2 4}  # actors per GPU tried with embedded images
+E2E_SECONDS=${E2E_SECONDS:-65}
+E2E_COUNT=${E2E_COUNT:-auto}  # auto: E2E_SECONDS at the bare default's rate
+E2E_KS=${E2E_KS-2 4}  # actors per GPU tried beyond 1, with embedded images ("" for none)
 FILES=${FILES:-1}  # 0: skip the per-image PNG run
 COMPILE=${COMPILE:-1}  # 0: skip the compiled runs (bare and end to end)
+EXTRA=${EXTRA:-1}  # 0: skip the 4x micro-batch and channels-last bare runs
+QUALITY=${QUALITY:-0}
 ENCODE_IMAGES=${ENCODE_IMAGES:-65536}
 ENCODE_WORKERS=${ENCODE_WORKERS:-$(nproc)}
 mkdir -p "$RESULTS"
+: > "$RESULTS/skipped.txt"
 source benchmarks/from_checkout.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
-echo "== bare sampler: the submit default (dpmpp-2m-sde, 10 steps, guidance 2), batch $BATCH"
-$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
-  --device "$DEVICE" | tee "$RESULTS/bare_default.json"
-echo "== bare sampler: the default with each step's noise drawn on the sampling thread (no noise threads)"
-$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
-  --device "$DEVICE" --noise-threads 0 | tee "$RESULTS/bare_default_inline_noise.json"
-if [ "$COMPILE" = 1 ]; then
-  echo "== bare sampler: the default, --compile (CUDA graphs on a GPU)"
-  $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
-    --device "$DEVICE" --compile | tee "$RESULTS/bare_default_compiled.json"
-fi
-echo "== bare sampler: --sampler distilled (4 steps, one evaluation each), batch $BATCH"
-$PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler distilled --steps 4 --guidance 2 --batch-size "$BATCH" \
-  --model novarch-tiny-distilled --device "$DEVICE" | tee "$RESULTS/bare_distilled.json"
-echo "== per-sample noise: drawn when asked, or ahead on 1, 2, 4, 8 threads (the determinism contract's cost)"
-$PY -m benchmarks.noise_cost --batch "$BATCH" --threads 1,2,4,8 --repeats 5 --out "$RESULTS/noise_cost.json"
-echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes"
-$PY -m benchmarks.encode_pool --images "$ENCODE_IMAGES" --workers "$ENCODE_WORKERS" --repeats 3 --out "$RESULTS/encode_pool.json"
-if [ "$QUALITY" = 1 ]; then
-  echo "== sampler quality on v2: 500 buildings + 500 houses per setting"
-  $PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --device "$DEVICE" --out "$RESULTS/quality.json"
-fi
-if ! $PY -c "import ray" 2>/dev/null; then
-  echo "== end to end skipped: no Ray here and no .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh)"; exit 0
-fi
-e2e() {  # name, then submit flags
+time_left() {  # name: true when a run may start; else records it as skipped
+  if [ "$SECONDS" -lt "$BUDGET" ]; then return 0; fi
+  echo "== skipped (budget of ${BUDGET}s spent): $1" | tee -a "$RESULTS/skipped.txt"; return 1
+}
+bare() {  # name, then bare_sampler flags; the submit default unless flags say otherwise
   local name=$1; shift
-  echo "== end to end, $name: $E2E_COUNT images through Ray into a local folder"
-  $PY -m novarch_batch.pipeline.cli submit --count "$E2E_COUNT" --batch-size "$BATCH" --device "$DEVICE" \
+  time_left "bare_$name" || return 0
+  echo "== bare sampler, $name"
+  $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde --steps 10 --guidance 2 --batch-size "$BATCH" \
+    --device "$DEVICE" "$@" | tee "$RESULTS/bare_$name.json"
+}
+e2e() {  # name, count, then submit flags
+  local name=$1 count=$2; shift 2
+  time_left "e2e-$name" || return 0
+  echo "== end to end, $name: $count images through Ray into a local folder"
+  $PY -m novarch_batch.pipeline.cli submit --count "$count" --batch-size "$BATCH" --device "$DEVICE" \
     --out "$WORK/out-$name" --json "$@" | tee "$RESULTS/e2e-$name.json"
   rm -rf "$WORK/out-$name"
 }
 # K actors share the card (each asks Ray for 1/K of it), so one samples while another encodes and
 # writes; the fastest K is the measurement behind --actors-per-gpu's default.
 actors() { [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$1" || echo --actors "$1"; }  # K per GPU, or K CPU actors
+
+bare default  # noise drawn ahead on the noise threads (4 on a GPU), as the actors do
+bare default_inline_noise --noise-threads 0
+echo "== per-sample noise: drawn when asked, or ahead on 1, 2, 4, 8 threads (the determinism contract's cost)"
+$PY -m benchmarks.noise_cost --batch "$BATCH" --threads 1,2,4,8 --repeats 5 --out "$RESULTS/noise_cost.json"
+echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes, the actors' encoder"
+$PY -m benchmarks.encode_pool --images "$ENCODE_IMAGES" --workers "$ENCODE_WORKERS" --repeats 3 --out "$RESULTS/encode_pool.json"
+
+if ! $PY -c "import ray" 2>/dev/null; then
+  echo "== end to end skipped: no Ray here and no .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh)" | tee -a "$RESULTS/skipped.txt"
+  E2E_KS= FILES=0 COMPILE_E2E=0
+fi
+if [ "$E2E_COUNT" = auto ]; then  # whole micro-batches, at least 8 of them
+  E2E_COUNT=$($PY -c "import json, sys; r = json.load(open(sys.argv[1])); b = $BATCH; print(max(8, round(r['images_per_second'] * $E2E_SECONDS / b)) * b)" "$RESULTS/bare_default.json")
+fi
+[ "${COMPILE_E2E:-1}" = 0 ] || e2e parquet-k1 "$E2E_COUNT" --format parquet $(actors 1)
+
+[ "$COMPILE" = 0 ] || bare default_compiled --compile
+bare distilled --sampler distilled --steps 4 --model novarch-tiny-distilled
+if [ "$EXTRA" = 1 ]; then
+  bare default_batch4x --batch-size $((4 * BATCH))
+  [ "$DEVICE" != cuda ] || bare default_channels_last --channels-last
+fi
+
 for k in $E2E_KS; do
-  e2e "parquet-k$k" --format parquet $(actors "$k")
+  e2e "parquet-k$k" "$E2E_COUNT" --format parquet $(actors "$k")
 done
-[ "$COMPILE" = 0 ] || e2e parquet-k1-compiled --format parquet --compile $(actors 1)
-[ "$FILES" = 0 ] || e2e files-k1 --format files $(actors 1)
+[ "$COMPILE" = 0 ] || [ "${COMPILE_E2E:-1}" = 0 ] || e2e parquet-k1-compiled "$E2E_COUNT" --format parquet --compile $(actors 1)
+[ "$FILES" = 0 ] || e2e files-k1 "$(( (E2E_COUNT / 3 + BATCH - 1) / BATCH * BATCH ))" --format files $(actors 1)
+if [ "$QUALITY" = 1 ] && time_left quality; then
+  echo "== sampler quality on v2: 500 buildings + 500 houses per setting"
+  $PY -m benchmarks.sampler_quality --per-class 500 --batch 500 --device "$DEVICE" --out "$RESULTS/quality.json"
+fi
+
 $PY - "$RESULTS" <<'EOF'
 import json, pathlib, sys
 results = pathlib.Path(sys.argv[1])
@@ -81,7 +106,13 @@ summary = {"bare_images_per_second": bare,
                            r["images_per_second"] * r["network_evaluations_per_image"]} for name, r in variants.items()},
            "e2e": {name: {"images_per_second_whole": r["images_per_second"], "images_per_second_sampling": sampling[name],
                           "efficiency_whole": r["images_per_second"] / bare, "efficiency_sampling": sampling[name] / bare}
-                   for name, r in rows.items()}}
+                   for name, r in rows.items()},
+           "skipped": (results / "skipped.txt").read_text().splitlines()}
 (results / "summary.json").write_text(json.dumps(summary, indent=1))
 print(json.dumps(summary))
 EOF
+if [ "${PACK:-0}" = 1 ]; then  # a device call returns at most 8 files: keep summary.json, tar the rest
+  tar -czf "$WORK/results.tar.gz" -C "$RESULTS" --exclude summary.json .
+  find "$RESULTS" -maxdepth 1 -type f ! -name summary.json -delete
+  mv "$WORK/results.tar.gz" "$RESULTS/"
+fi
