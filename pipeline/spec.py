@@ -27,6 +27,10 @@ from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: 
 MAX_COUNT = 100_000_000  # ids are written as 9 digits and shards as 5: 10^8 fits both at 1,000 per shard
 MAX_SHARDS = 100_000
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# --format's default for an s3:// --out: per-image PUTs are where S3 stops keeping up (a few
+# thousand per second per prefix on AWS, ~400 on the embedded SeaweedFS; BENCHMARKS.md), well
+# under one GPU's rate, while embedded images cost one PUT per shard. A folder keeps files.
+S3_DEFAULT_FORMAT = "parquet"
 
 
 def auto_shard_size(count: int) -> int:
@@ -115,6 +119,8 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
     if options:
         raise TypeError(f"build_spec got unknown options: {', '.join(sorted(options))}")
     output = parts[OutputConfig]
+    if "format" not in output and str(output.get("out", "")).startswith("s3://"):
+        output["format"] = S3_DEFAULT_FORMAT  # one PUT per shard, not per image (OutputConfig.format's help)
     if not output.get("shard_size"):
         output["shard_size"] = auto_shard_size(count)
     sampling, out_config, run = SamplingConfig(**parts[SamplingConfig]), OutputConfig(**output), RunConfig(**parts[RunConfig])

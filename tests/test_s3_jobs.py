@@ -26,7 +26,7 @@ CLI = str(Path(sys.executable).with_name("novarch-batch"))
 @pytest.fixture(scope="module")
 def s3_job(ray_local, s3_server):
     out = f"s3://{s3_server.bucket}/jobs-{time.time_ns()}"
-    spec = build_spec(count=COUNT, out=out, steps=2, shard_size=50, batch_size=50, actors=2, seed=4)
+    spec = build_spec(count=COUNT, out=out, steps=2, shard_size=50, batch_size=50, actors=2, seed=4, format="files")  # per-image objects on S3
     report = driver.run(spec)
     return spec, report, f"{out}/{spec.job_id}"
 

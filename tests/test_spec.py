@@ -109,3 +109,11 @@ def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
     with pytest.raises(SpecError, match="--model novarch-tiny is not one"):
         build_spec(count=8, out=str(tmp_path), sampler="distilled", model="novarch-tiny")
     assert not (tmp_path / spec.job_id).exists()
+
+
+def test_format_defaults_to_embedded_images_for_s3_and_files_for_a_folder(tmp_path):
+    """Per-image PUTs are what S3 cannot sustain at GPU rates: an s3:// job embeds its images unless told."""
+    assert build_spec(count=10, out="s3://bucket/prefix").output.format == "parquet"
+    assert build_spec(count=10, out=str(tmp_path)).output.format == "files"
+    assert build_spec(count=10, out="s3://bucket/prefix", format="files").output.format == "files"
+    assert build_spec(count=10, out="s3://bucket/prefix", format="webdataset").output.format == "webdataset"

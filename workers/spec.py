@@ -143,8 +143,9 @@ class OutputConfig:
     shard_size: int = option(0, "Images per shard (one Parquet file each).", metavar="M", show="count/32 clamped to 64..1000")
     format: str = option("files", "Where the images go: files = one PNG per image beside the Parquet index; parquet = "
                          "PNG bytes inside the Parquet rows (Hugging Face Image column, one object per shard); "
-                         "webdataset = one tar per shard (<id>.png + <id>.json) plus the Parquet index.",
-                         choices=OUTPUT_FORMATS)
+                         "webdataset = one tar per shard (<id>.png + <id>.json) plus the Parquet index. S3 takes a few "
+                         "thousand PUTs/s per prefix (a local SeaweedFS ~400), which one GPU out-produces: so parquet "
+                         "for s3://.", choices=OUTPUT_FORMATS, show="parquet for an s3:// --out, files for a folder")
 
     def validate(self) -> None:
         _check(self.shard_size > 0, f"--shard-size must be a positive integer, got {self.shard_size}")
