@@ -27,7 +27,7 @@ E2E_COUNT=${E2E_COUNT:-auto}  # auto: E2E_SECONDS at the bare default's rate
 E2E_KS=${E2E_KS-2 4}  # actors per GPU tried beyond 1, with embedded images ("" for none)
 FILES=${FILES:-1}  # 0: skip the per-image PNG run
 COMPILE=${COMPILE:-1}  # 0: skip the compiled runs (bare and end to end)
-EXTRA=${EXTRA:-1}  # 0: skip the 4x micro-batch and channels-last bare runs
+EXTRA=${EXTRA:-1}  # 0: skip the student, 4x micro-batch and channels-last bare runs
 QUALITY=${QUALITY:-0}
 ENCODE_IMAGES=${ENCODE_IMAGES:-65536}
 ENCODE_WORKERS=${ENCODE_WORKERS:-$(nproc)}
@@ -60,7 +60,7 @@ e2e() {  # name, count, then submit flags
 actors() { [ "$DEVICE" = cuda ] && echo --actors-per-gpu "$1" || echo --actors "$1"; }  # K per GPU, or K CPU actors
 
 bare default  # noise drawn ahead on the noise threads (4 on a GPU), as the actors do
-bare default_inline_noise --noise-threads 0
+[ "$DEVICE" != cuda ] || bare default_inline_noise --noise-threads 0  # a CPU draws inline anyway
 echo "== per-sample noise: drawn when asked, or ahead on 1, 2, 4, 8 threads (the determinism contract's cost)"
 $PY -m benchmarks.noise_cost --batch "$BATCH" --threads 1,2,4,8 --repeats 5 --out "$RESULTS/noise_cost.json"
 echo "== PNG encoding: one thread, $ENCODE_WORKERS threads, $ENCODE_WORKERS processes, the actors' encoder"
@@ -76,8 +76,8 @@ fi
 [ "${COMPILE_E2E:-1}" = 0 ] || e2e parquet-k1 "$E2E_COUNT" --format parquet $(actors 1)
 
 [ "$COMPILE" = 0 ] || bare default_compiled --compile
-bare distilled --sampler distilled --steps 4 --model novarch-tiny-distilled
 if [ "$EXTRA" = 1 ]; then
+  bare distilled --sampler distilled --steps 4 --model novarch-tiny-distilled
   bare default_batch4x --batch-size $((4 * BATCH))
   [ "$DEVICE" != cuda ] || bare default_channels_last --channels-last
 fi

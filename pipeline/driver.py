@@ -24,6 +24,10 @@ from novarch_batch.workers.actor import ShardActor
 from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
 
 FORWARDED_ENV = (FAULT_ENV, FORCE_DEVICE_ENV, "NOVARCH_S3_MAX_ATTEMPTS")  # tuning and test hooks, never credentials
+# GPU actors out-produce per-image files: one actor stored ~1,100 PNG files/s into a local folder
+# against ~18,000 images/s embedded in Parquet (BENCHMARKS.md, the host side of an actor).
+FILES_ON_GPUS = ("note: GPU actors with --format files: one file per image stored ~1,100 images/s per actor in a benchmark, "
+                 "far under a GPU's rate; --format parquet (one object per shard) keeps up")
 
 
 @dataclass
@@ -56,6 +60,7 @@ class JobReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
 
 
 def shard_task(spec: JobSpec, job_url: str, shard: Shard, created_at: str) -> ShardTask:
@@ -130,6 +135,8 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
     if forwarded:
         options["runtime_env"] = {"env_vars": forwarded}
     actor_cls = ray.remote(ShardActor).options(**options)
+    if resources.num_gpus and spec.output.format == "files":
+        progress.note(FILES_ON_GPUS)
     if resources.gpus and not local:
         cluster.request_gpus(min(resources.gpus, -(-actors // spec.run.actors_per_gpu)))  # nodes boot in parallel, from zero
         progress.note(f"asking for {resources.gpus} GPU(s): the cluster has {resources.gpus_now}; "

@@ -66,6 +66,7 @@ def test_gpus_2_from_zero_uses_two_new_nodes(gpu_cluster, tmp_path):
     report = summary(stdout)
     assert report["complete"] and report["images_sampled"] == 96
     assert report["actors"] == "2 GPU actor(s), one GPU each"
+    assert "note: GPU actors with --format files" in stderr  # the folder's default: per-image files
     nodes = {name.split(":")[1] for name in report["shards_by_actor"]}
     assert len(nodes) == 2 and all(n > 0 for n in report["shards_by_actor"].values())  # both nodes sampled shards
     assert len(report["actor_ready_seconds"]) == 2

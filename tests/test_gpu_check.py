@@ -11,14 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_check_runs_in_cpu_mode_and_writes_its_results(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "BARE_COUNT": "8", "E2E_COUNT": "8", "BATCH": "8",
            "QUALITY": "0", "E2E_KS": "", "FILES": "0", "ENCODE_IMAGES": "64", "ENCODE_WORKERS": "2", "PYTHON": sys.executable,
-           "COMPILE": "0", "EXTRA": "0"}  # compiling costs ~25 s here (tests/test_samplers.py compiles); EXTRA: flags only
+           "COMPILE": "0", "EXTRA": "0"}  # compiling costs ~25 s here (tests/test_samplers.py compiles); EXTRA: the same script with other flags
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     bare = json.loads((tmp_path / "bare_default.json").read_text())
-    distilled = json.loads((tmp_path / "bare_distilled.json").read_text())
     assert bare["images"] == 8 and bare["network_evaluations_per_image"] == 20
-    assert distilled["model"] == "novarch-tiny-distilled" and distilled["network_evaluations_per_image"] == 4
-    assert json.loads((tmp_path / "bare_default_inline_noise.json").read_text())["noise_threads"] == 0
+    assert bare["noise_threads"] == 0  # a CPU draws noise inline
     noise = json.loads((tmp_path / "noise_cost.json").read_text())["draws_per_second"]
     assert set(noise) == {"asked, sampling thread", *(f"predrawn, {n} thread(s)" for n in (1, 2, 4, 8))}
     encode = json.loads((tmp_path / "encode_pool.json").read_text())["images_per_second"]

@@ -33,12 +33,11 @@ from novarch_batch.workers.writers import WRITERS, ShardWriter
 
 def ray_node_id() -> str:
     """This process's Ray node (short), so reports tell nodes apart even on one host."""
-    try:
-        import ray
+    import ray
 
-        return ray.get_runtime_context().get_node_id()[-8:]
-    except Exception:  # outside Ray (in-process tests, benchmarks)
+    if not ray.is_initialized():  # in-process tests and benchmarks: asking the runtime context would start a Ray
         return "-"
+    return ray.get_runtime_context().get_node_id()[-8:]
 
 
 # Images per encode-and-store task: one pickle round trip to an encoder process carries this many,
