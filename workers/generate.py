@@ -41,7 +41,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class ImageGenerator:
     """`noise_threads`: None = GPU_NOISE_THREADS on a GPU, none on a CPU. `compile`: torch.compile the
     network for fixed batch shapes (CUDA graphs on a GPU); the first batch of each shape pays the
-    compilation (~30 s on a CPU), so `stream` pads short micro-batches to one shape."""
+    compilation (~25 s on a 2-core CPU), so `stream` pads short micro-batches to one shape."""
 
     def __init__(self, folder: str | Path, device: str = "auto", *, noise_threads: int | None = None, compile: bool = False):
         self.device = pick_device(device)

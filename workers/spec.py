@@ -171,7 +171,7 @@ class RunConfig:
     device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
                          "else CPU.", choices=DEVICES)
     compile: bool = option(False, "torch.compile the network for the micro-batch's shape (CUDA graphs on a GPU): "
-                           "faster sampling after a one-off compilation per actor (~30 s on a CPU); images stay "
+                           "faster sampling after a one-off compilation per actor (~25 s on a 2-core CPU); images stay "
                            "within one level of 255 of the uncompiled ones.")
     encode_processes: int = option(0, "PNG encoder processes per actor.", metavar="N",
                                    show=f"{GPU_ENCODE_PROCESSES} per GPU, split among its actors; none for CPU actors, which encode on their own threads")
