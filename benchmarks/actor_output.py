@@ -6,7 +6,7 @@
 A GPU actor's sampling thread hands each micro-batch to its store threads, which build the rows,
 encode the PNGs (inline or on the encoder processes), and commit each shard's Parquet file. At the
 10,000 images/s a GPU should reach, that host work must keep up. This runs the product's
-ShardWorker on real shards into a local folder, with `--format parquet` (the GPU default for S3)
+ShardWorker on real shards into a local folder, with `--format parquet` (the default for s3://)
 and `files`, but replaces the sampler by procedural scenes painted beforehand
 (training/dataset.py), so the number is the output path's ceiling, not a sampling rate. Two
 shards are in flight, as the driver keeps them (IN_FLIGHT).

@@ -272,11 +272,12 @@ def test_stream_draws_noise_ahead_without_changing_a_byte():
     assert [len(images) for images in streamed] == [2, 1]
     for images, seeds in zip(streamed, batches):
         assert np.array_equal(images, plain.images(seeds, sampling))
+        assert np.array_equal(images, threaded.images(seeds, sampling))  # noise drawn ahead under inference mode
 
 
 def test_compiled_network_samples_within_one_level_and_compiles_one_shape():
-    """--compile: torch.compile (inductor, on this CPU) at one batch shape; a short last micro-batch
-    is padded to it, so a shard compiles once, and images stay within one level of the eager ones."""
+    """--compile: torch.compile (inductor, on this CPU) at one batch shape; short micro-batches are
+    padded to the job's (here 3), so a job compiles once, and images stay within one level of the eager ones."""
     import numpy as np
     from torch._dynamo.utils import counters
 
@@ -287,6 +288,18 @@ def test_compiled_network_samples_within_one_level_and_compiles_one_shape():
     batches = [SEEDS[:2], SEEDS[2:]]
     eager = np.concatenate(list(ImageGenerator(default_model_dir(), "cpu").stream(batches, sampling)))
     counters.clear()
-    compiled = np.concatenate(list(ImageGenerator(default_model_dir(), "cpu", compile=True).stream(batches, sampling)))
+    compiled = np.concatenate(list(ImageGenerator(default_model_dir(), "cpu", compile=True).stream(batches, sampling, pad_to=3)))
     assert counters["stats"]["unique_graphs"] == 1
     assert compiled.shape == eager.shape and np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
+
+
+def test_predrawn_noise_refuses_a_shape_that_would_skip_its_draws():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from novarch_batch.workers.seeds import PredrawnNoise
+
+    with ThreadPoolExecutor(1) as pool:
+        noise = PredrawnNoise.start(pool, 1, make_generators(SEEDS), (3, 32, 32), draws=2)
+        noise.draw((3, 32, 32), "cpu")
+        with pytest.raises(ValueError, match="drawn ahead and not used"):
+            noise.draw((3, 16, 16), "cpu")

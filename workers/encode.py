@@ -1,7 +1,8 @@
 """uint8 images to PNG bytes and their sha256: on the calling thread, or over a pool of processes.
 
 Torch-free on purpose: each process of the pool starts by importing this module, so a process
-costs Pillow and numpy, not torch.
+costs Pillow and numpy, not torch (inside a Ray actor, spawn also re-imports the actor's main
+module, Ray's worker script: about a second per process, once per actor).
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class ImageGenerator:
     """`noise_threads`: None = GPU_NOISE_THREADS on a GPU, none on a CPU. `compile`: torch.compile the
     network for fixed batch shapes (CUDA graphs on a GPU); the first batch of each shape pays the
-    compilation (~25 s on a 2-core CPU), so `stream` pads short micro-batches to one shape."""
+    compilation (20-25 s on a 2-core CPU), so `stream` pads short micro-batches to one shape."""
 
     def __init__(self, folder: str | Path, device: str = "auto", *, noise_threads: int | None = None, compile: bool = False):
         self.device = pick_device(device)
@@ -97,11 +97,12 @@ class ImageGenerator:
         """(B, H, W, C) uint8 images for the given per-sample seeds."""
         return to_uint8(self.sample(seeds, sampling, timesteps=timesteps))
 
-    def stream(self, batches: list[list[int]], sampling: SamplingConfig) -> Iterator[np.ndarray]:
+    def stream(self, batches: list[list[int]], sampling: SamplingConfig, pad_to: int = 0) -> Iterator[np.ndarray]:
         """uint8 images for each micro-batch of seeds, in order. The next batch's noise is started
         before this one samples, so on a GPU the noise threads draw it while the GPU works. A compiled
-        network sees one shape: a short batch is padded with copies of its last seed, cut off after."""
-        full = max(map(len, batches), default=0)
+        network sees one shape: a short batch is padded with copies of its last seed to `pad_to` (the
+        job's micro-batch, so every shard has the same shape) or the longest batch, and cut off after."""
+        full = max(pad_to, *map(len, batches)) if batches else 0
         padded = [seeds + [seeds[-1]] * (full - len(seeds)) if self.compiled else seeds for seeds in batches]
         upcoming = self.noise_for(padded[0], sampling) if padded else None
         for k, seeds in enumerate(padded):

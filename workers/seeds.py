@@ -53,6 +53,9 @@ class GeneratorNoise:
 NORMAL_BLOCK = 16
 
 
+# Inference mode is per thread: a block made under the caller's inference mode (ImageGenerator.sample)
+# is an inference tensor, which only a thread in inference mode may write.
+@torch.inference_mode()
 def _draw_rows(generators: list[torch.Generator], draws: int, shape: tuple[int, ...], out: torch.Tensor) -> None:
     """out[k, b] = generators[b]'s k-th draw of `shape`; each sample's draws are made contiguous, then copied in."""
     whole = torch.Size(shape).numel() % NORMAL_BLOCK == 0
@@ -94,9 +97,11 @@ class PredrawnNoise:
         for future in self.pending:
             future.result()  # re-raises a drawing thread's error here
         self.pending = []
-        if self.used >= self.draws or tuple(shape) != self.shape:
-            self.used = self.draws  # past the predrawn part: every later draw comes from the generators
+        if self.used >= self.draws:  # past the predrawn part: the generators are exactly where it ended
             return draw_noise(self.generators, shape, device)
+        if tuple(shape) != self.shape:  # the generators are past the predrawn draws: drawing now would skip them
+            raise ValueError(f"noise of shape {tuple(shape)} asked for, but {self.draws - self.used} draw(s) of "
+                             f"{self.shape} were drawn ahead and not used")
         rows = self.block[self.used]
         self.used += 1
         return rows.to(device, non_blocking=True)

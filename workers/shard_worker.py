@@ -107,7 +107,7 @@ class ShardWorker:
         sample_seconds, done = 0.0, 0
         with self._sampling:
             t0 = time.perf_counter()
-            for images in self.generator.stream(batches, task.sampling):
+            for images in self.generator.stream(batches, task.sampling, pad_to=task.batch_size):
                 sample_seconds += time.perf_counter() - t0
                 for lo in range(0, len(images), ENCODE_CHUNK):
                     chunk = range(done + lo, done + min(lo + ENCODE_CHUNK, len(images)))

@@ -171,10 +171,12 @@ class RunConfig:
     device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
                          "else CPU.", choices=DEVICES)
     compile: bool = option(False, "torch.compile the network for the micro-batch's shape (CUDA graphs on a GPU): "
-                           "faster sampling after a one-off compilation per actor (~25 s on a 2-core CPU); images stay "
-                           "within one level of 255 of the uncompiled ones.")
+                           "faster sampling after a one-off compilation per actor (20-25 s on a 2-core CPU); images stay "
+                           "within one level of 255 of the uncompiled ones, as with another --batch-size, so neither is "
+                           "part of the job id.")
     encode_processes: int = option(0, "PNG encoder processes per actor.", metavar="N",
-                                   show=f"{GPU_ENCODE_PROCESSES} per GPU, split among its actors; none for CPU actors, which encode on their own threads")
+                                   show=f"{GPU_ENCODE_PROCESSES} per GPU split among its actors (at least one each); none for CPU "
+                                   "actors, which encode on their own threads")
 
     def validate(self) -> None:
         for name in ("gpus", "actors_per_gpu", "actors", "batch_size", "encode_processes"):
