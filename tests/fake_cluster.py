@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,12 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 def _processes() -> list[tuple[int, str]]:
@@ -106,6 +113,10 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
     try:
         wait_for(lambda: any("monitor.py" in argv and f":{port}" in argv for _, argv in _processes()), 60,
                  "the head's autoscaler", interval=0.5)
+        # A loaded machine can start the monitor before the head's raylet is up and the GCS answers;
+        # a driver that connects then fails to reach the cluster.
+        wait_for(lambda: any("raylet" in argv and temp_dir in argv for _, argv in _processes()) and _listening(port), 60,
+                 "the head's raylet and GCS", interval=0.5)
         yield FakeCluster(gcs_address, temp_dir, config, head.pid)
     finally:
         _stop(head, temp_dir)

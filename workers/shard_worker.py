@@ -52,8 +52,8 @@ class ShardWorker:
     def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None,
                  compile: bool = False, encode_processes: int = 0):
         forced = os.environ.get(FORCE_DEVICE_ENV)
-        if forced:
-            device, threads = forced, threads or 1  # a stand-in for a GPU: one thread, so actors on one host share it
+        if forced:  # a stand-in for a GPU: one thread and no encoder processes, so actors on one host share its cores
+            device, threads, encode_processes = forced, threads or 1, 0
         if threads:
             torch.set_num_threads(threads)
         folder = fetch_model_folder(model, expected_sha256=model_sha256)  # s3:// once per node, then cached
