@@ -109,23 +109,23 @@ class ShardWorker:
             t0 = time.perf_counter()
             for images in self.generator.stream(batches, task.sampling, pad_to=task.batch_size):
                 sample_seconds += time.perf_counter() - t0
-                for lo in range(0, len(images), ENCODE_CHUNK):
-                    chunk = range(done + lo, done + min(lo + ENCODE_CHUNK, len(images)))
-                    rows = [{"id": ids[i], "seed": seeds[i], **common} for i in chunk]
-                    pending.append(self.pool.submit(self._store_chunk, writer, rows, images[lo : lo + ENCODE_CHUNK]))
+                for lo in range(done, done + len(images), ENCODE_CHUNK):  # rows are built on the store threads
+                    hi = min(lo + ENCODE_CHUNK, done + len(images))
+                    pending.append(self.pool.submit(self._store_chunk, writer, common, ids[lo:hi], seeds[lo:hi],
+                                                    images[lo - done : hi - done]))
                 done += len(images)
                 t0 = time.perf_counter()
         stored = [row for f in pending for row in f.result()]  # re-raises the first write error: the shard is not committed
         rows = {name: [row[name] for row in stored] for name in stored[0]}
         return {**rows, **writer.close()}, sample_seconds
 
-    def _store_chunk(self, writer: ShardWriter, rows: list[dict], images) -> list[dict]:
+    def _store_chunk(self, writer: ShardWriter, common: dict, ids: list[int], seeds: list[int], images) -> list[dict]:
         """Encode a chunk of images (here, or on the encoder's processes) and hand each to the shard's
         writer (which may upload it); their rows back."""
         height, width = images.shape[1:3]  # (B, H, W, C)
         stored = []
-        for row, (data, digest) in zip(rows, self.encoder.encode(images)):
-            row = {**row, "width": width, "height": height, "sha256": digest}
-            writer.write(row["id"], data, row)
+        for sample_id, seed, (data, digest) in zip(ids, seeds, self.encoder.encode(images)):
+            row = {"id": sample_id, "seed": seed, **common, "width": width, "height": height, "sha256": digest}
+            writer.write(sample_id, data, row)
             stored.append(row)
         return stored
