@@ -30,7 +30,7 @@ from novarch_batch.workers.tasks import ShardTask
 
 def painted_stream(pool: np.ndarray):
     """Stands in for ImageGenerator.stream: the same micro-batches, images taken from `pool`."""
-    def stream(batches, sampling):
+    def stream(batches, sampling, pad_to=0):
         for seeds in batches:
             yield pool[: len(seeds)]
     return stream
