@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import click
 import numpy as np
 
-from benchmarks.common import machine, median, save
+from benchmarks.common import echo_medians, machine, rate_summary, save
 from novarch_batch.training.dataset import make_images
 from novarch_batch.workers.shard_worker import ShardWorker
 from novarch_batch.workers.spec import SamplingConfig
@@ -74,9 +74,8 @@ def main(shards, shard_size, batch, processes, formats, repeats, out):
     for worker in workers.values():
         worker.encoder.close()
     results = {"machine": machine(), "shards": shards, "shard_size": shard_size, "batch": batch, "repeats": repeats,
-               "images_per_second": {name: {"median": median(v), "all": [round(x) for x in v]} for name, v in rates.items()}}
-    for name, v in rates.items():
-        click.echo(f"{name}: {median(v):,.0f} images/s")
+               "images_per_second": rate_summary(rates)}
+    echo_medians(rates)
     save(results, out)
 
 

@@ -29,6 +29,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def rate_summary(rates: dict[str, list[float]], digits: int = 0) -> dict:
+    """Each variant's median and every repeat's rate (rounded to `digits`), for a results file."""
+    return {name: {"median": median(v), "all": [round(x, digits) if digits else round(x) for x in v]} for name, v in rates.items()}
+
+
+def echo_medians(rates: dict[str, list[float]], unit: str = "images/s") -> None:
+    for name, v in rates.items():
+        print(f"{name}: {median(v):,.0f} {unit}")
+
+
 def save(results: dict, path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import click
 import numpy as np
 
-from benchmarks.common import machine, median, save
+from benchmarks.common import echo_medians, machine, rate_summary, save
 from novarch_batch.training.dataset import make_images
 from novarch_batch.storage import UPLOAD_CONCURRENCY
 from novarch_batch.workers.encode import PngEncoder, encode_png, sha256_hex
@@ -66,9 +66,8 @@ def main(images, workers, repeats, out):
     encoder.close()
     store_threads.shutdown()
     results = {"machine": machine(), "images": images, "workers": workers, "repeats": repeats,
-               "images_per_second": {name: {"median": median(v), "all": [round(x) for x in v]} for name, v in rates.items()}}
-    for name, v in rates.items():
-        click.echo(f"{name}: {median(v):,.0f} images/s")
+               "images_per_second": rate_summary(rates)}
+    echo_medians(rates)
     save(results, out)
 
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 import click
 import torch
 
-from benchmarks.common import machine, median, save
+from benchmarks.common import machine, median, rate_summary, save
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
 from novarch_batch.workers.seeds import sample_seed
@@ -53,7 +53,7 @@ def main(count, batch_size, repeats, threads, device, out):
         "count": count, "batch_size": batch_size, "repeats": repeats,
         "network_evaluations_per_image": {name: replace(s, class_name="building").network_evaluations()
                                           for name, (_, s) in SETTINGS.items()},
-        "images_per_second": {name: {"median": median(v), "all": [round(x, 2) for x in v]} for name, v in rates.items()},
+        "images_per_second": rate_summary(rates, digits=2),
         "speedup_median": median(rates["distilled"]) / median(rates["default"]),
     }
     click.echo(f"default {median(rates['default']):.1f} images/s, distilled {median(rates['distilled']):.1f} images/s: "
