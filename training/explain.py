@@ -11,8 +11,7 @@ from PIL import Image, ImageDraw
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.train import TRAIN_DATA_SEED, to_model_range
-from novarch_batch.workers.generate import to_uint8
-from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.generate import ImageGenerator, to_uint8
 from novarch_batch.workers.seeds import draw_noise, make_generators, sample_seed
 from novarch_batch.workers.spec import SamplingConfig
 

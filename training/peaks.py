@@ -14,8 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from novarch_batch.training.judge import JUDGE_CLASSES, Judge, load_judge, predict_proba
-from novarch_batch.workers.generate import to_uint8
-from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.generate import ImageGenerator, to_uint8
 from novarch_batch.workers.seeds import sample_seed
 from novarch_batch.workers.spec import ANY_CLASS, SamplingConfig
 
