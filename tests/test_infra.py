@@ -78,12 +78,14 @@ def test_one_ami_named_for_the_cuda_of_the_image():
     amis = {n["node_config"]["ImageId"] for n in config["available_node_types"].values()}
     assert len(amis) == 1
     (ami,) = amis
-    assert re.fullmatch(r"ami-([0-9a-f]{8}|[0-9a-f]{17}|REPLACE_ME)", ami)
+    assert re.fullmatch(r"ami-([0-9a-f]{8}|[0-9a-f]{17})", ami)  # a real id, pinned: nothing to fill in first
     text = (ROOT / "ray_cluster.yaml").read_text()
     name = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)"
-    assert name in text and "driver >= 580" in text and "CUDA 13.0" in text
+    assert f"{ami} is \"{name}" in text and "driver >= 580" in text and "CUDA 13.0" in text
+    assert config["provider"]["region"] == "us-east-1"  # AMI ids are per region: the pinned one is us-east-1's
     runbook = (ROOT / "docs" / "deploy.md").read_text()
-    assert f"Name=name,Values={name}" in runbook and "ami-REPLACE_ME" in runbook  # step A3 looks it up by that name
+    assert f"--image-ids {ami}" in runbook  # step A3 checks the pinned id
+    assert f"Name=name,Values={name}" in runbook and f"s/{ami}/$AMI_ID/" in runbook  # and re-pins it by name
     dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
     assert "torch==${TORCH_VERSION}" in dockerfile and "ARG TORCH_VERSION=2.13.0" in dockerfile
     assert "CUDA 13.0" in dockerfile and "cuda.startswith('13.')" in dockerfile
