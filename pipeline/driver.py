@@ -5,6 +5,7 @@ only per-shard stats, so its memory does not grow with --count.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 
 from novarch_batch.pipeline import cluster, manifest
-from novarch_batch.pipeline.lease import JobBusy, Lease
+from novarch_batch.pipeline.lease import EXCLUSIVE_PREFIX, JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
@@ -89,7 +90,10 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     conditional = root.honours_conditional_writes()
     if not conditional:
         progress.note(f"{root.url}: this store ignores conditional writes (If-None-Match); the job's lease is best effort")
-    with Lease(job, conditional=conditional) as lease:
+    with contextlib.ExitStack() as held:
+        if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
+            held.enter_context(Lease(root, conditional, key=EXCLUSIVE_PREFIX + spec.run.exclusive, holder={"job_url": job_url}))
+        lease = held.enter_context(Lease(job, conditional=conditional))
         created_at = manifest.prepare_job(job, spec)
         return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional)
 

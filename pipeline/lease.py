@@ -1,6 +1,8 @@
 """One driver per job: a lease object in the job folder, renewed while the driver runs.
 
-A second driver on the same job refuses while the lease is fresh. A lease goes stale when its
+A second driver on the same job refuses while the lease is fresh. The same lease under another
+key in the output root makes jobs that share `--exclusive NAME` run one at a time (a schedule's
+nights: one still running refuses the next). A lease goes stale when its
 heartbeat is older than LEASE_SECONDS, or at once when its owner ran on this host and that
 process is gone (a killed driver re-run on the same machine resumes without waiting).
 """
@@ -16,6 +18,7 @@ import uuid
 from novarch_batch.storage import Storage
 
 LEASE_KEY = "_LEASE"
+EXCLUSIVE_PREFIX = "_LEASE."  # <out>/_LEASE.<NAME>: the lease of --exclusive NAME
 HEARTBEAT_SECONDS = 5.0
 LEASE_SECONDS = 30.0  # six missed heartbeats: a live driver is never taken over by a slow store
 
@@ -46,9 +49,10 @@ class Lease:
     two drivers, exactly one wins each step. A store that ignores conditional writes gets the
     old best-effort protocol (write, pause, read back), and the job report says so."""
 
-    def __init__(self, job: Storage, conditional: bool = True):
-        self.job, self.conditional = job, conditional
-        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+    def __init__(self, job: Storage, conditional: bool = True, *, key: str = LEASE_KEY, holder: dict | None = None):
+        """`key` and `holder` (facts about this driver's job, e.g. its id) serve the --exclusive lease."""
+        self.job, self.conditional, self.key = job, conditional, key
+        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), **(holder or {})}
         self.version: str | None = None
         self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
         self._stop = threading.Event()
@@ -58,6 +62,14 @@ class Lease:
         return json.dumps({**self.owner, "heartbeat": time.time()}).encode()
 
     def _busy(self, current: dict) -> JobBusy:
+        if self.key != LEASE_KEY:
+            name = self.key.removeprefix(EXCLUSIVE_PREFIX)
+            running = current.get("job_url", "another job")
+            return JobBusy(
+                f"--exclusive {name}: {running} is still running under {self.job.url} (pid {current.get('pid')} on "
+                f"{current.get('host')}), and jobs with --exclusive {name} run one at a time; nothing was written. "
+                f"Wait for it (`novarch-batch status {running}`) or stop it, then re-run"
+            )
         return JobBusy(
             f"{self.job.url} is being run by another driver (pid {current.get('pid')} on {current.get('host')}); "
             f"wait for it (`novarch-batch status {self.job.url}`) or stop it, then re-run"
@@ -73,10 +85,10 @@ class Lease:
 
     def _acquire_conditional(self) -> None:
         for _ in range(3):  # the holder may release between our create and our read
-            self.version = self.job.create(LEASE_KEY, self._document())
+            self.version = self.job.create(self.key, self._document())
             if self.version:
                 return
-            current = self.job.read_versioned(LEASE_KEY)
+            current = self.job.read_versioned(self.key)
             if current is None:
                 continue
             data, version = current
@@ -86,7 +98,7 @@ class Lease:
                 holder = {}
             if not is_stale(holder, time.time()):
                 raise self._busy(holder)
-            self.version = self.job.replace(LEASE_KEY, self._document(), version)  # take over, unless another driver just did
+            self.version = self.job.replace(self.key, self._document(), version)  # take over, unless another driver just did
             if self.version:
                 return
             raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
@@ -96,7 +108,7 @@ class Lease:
         current = self._read()
         if current and current.get("id") != self.owner["id"] and not is_stale(current, time.time()):
             raise self._busy(current)
-        self.job.put_bytes(LEASE_KEY, self._document())
+        self.job.put_bytes(self.key, self._document())
         # Read back after a short pause: of two drivers racing for a free lease, the last writer wins
         # and the other sees a foreign owner and backs off (best effort: a slow store can fool it).
         time.sleep(0.2)
@@ -104,7 +116,7 @@ class Lease:
             raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
 
     def _read(self) -> dict | None:
-        current = self.job.read_versioned(LEASE_KEY)
+        current = self.job.read_versioned(self.key)
         try:
             return json.loads(current[0]) if current else None
         except ValueError:
@@ -114,9 +126,9 @@ class Lease:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 if not self.conditional:
-                    self.job.put_bytes(LEASE_KEY, self._document())
+                    self.job.put_bytes(self.key, self._document())
                     continue
-                renewed = self.job.replace(LEASE_KEY, self._document(), self.version)
+                renewed = self.job.replace(self.key, self._document(), self.version)
                 if renewed is None:  # taken over: never write it again
                     self.lost = True
                     return
@@ -130,9 +142,9 @@ class Lease:
             self._thread.join(timeout=HEARTBEAT_SECONDS)
         try:
             if self.conditional and self.version and not self.lost:
-                self.job.delete_version(LEASE_KEY, self.version)
+                self.job.delete_version(self.key, self.version)
             elif not self.conditional and (self._read() or {}).get("id") == self.owner["id"]:
-                self.job.delete(LEASE_KEY)
+                self.job.delete(self.key)
         except Exception:
             pass
 

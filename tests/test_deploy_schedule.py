@@ -90,24 +90,26 @@ def summary(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])  # the driver's --json line, followed from its log
 
 
-def shard_objects(s3_server, url: str) -> dict[str, str]:
+def shard_objects(s3_server, url: str, under: str = "shards/") -> dict[str, str]:
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
-    listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/shards/")
+    listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{under}")
     return {o["Key"]: f'{o["ETag"]} {o["LastModified"]}' for o in listing.get("Contents", [])}
 
 
 class ForeignLease:
-    """Another driver's live lease on the job folder (what a second night's driver would hold)."""
+    """Another driver's live lease, beating every 3 s: on a job folder (`_LEASE`, a second driver of
+    the same night), or on the output root (`_LEASE.nightly`, an earlier night still running)."""
 
-    def __init__(self, s3_server, url: str):
+    def __init__(self, s3_server, url: str, name: str = "_LEASE", **holder):
         self.client = s3_server.client()
         self.bucket, prefix = url.removeprefix("s3://").split("/", 1)
-        self.key = f"{prefix}/_LEASE"
+        self.key = f"{prefix}/{name}"
+        self.holder = holder
         self.stop = threading.Event()
 
     def beat(self) -> None:
         while True:
-            body = {"id": "another-driver", "host": "another-head", "pid": 1, "heartbeat": time.time()}
+            body = {"id": "another-driver", "host": "another-head", "pid": 1, "heartbeat": time.time(), **self.holder}
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=json.dumps(body).encode())
             if self.stop.wait(3.0):
                 return
@@ -126,6 +128,14 @@ class ForeignLease:
 def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_server, s3_url, tmp_path):
     day = time.strftime("%Y%m%d", time.gmtime())
     url = f"{s3_url}/nightly-{day}"
+
+    # An earlier night whose driver still runs (its pod lost without the trap): --exclusive nightly
+    # refuses tonight, non-zero, with nothing written for tonight at all.
+    with ForeignLease(s3_server, s3_url, "_LEASE.nightly", job_url=f"{s3_url}/nightly-19991231"):
+        overlap = run_schedule(head, s3_url, tmp_path)
+    assert overlap.returncode != 0
+    assert f"--exclusive nightly: {s3_url}/nightly-19991231 is still running" in overlap.stdout + overlap.stderr
+    assert shard_objects(s3_server, url, under="") == {}
 
     # An overlapping driver on the same night: refused by the job's lease, non-zero, no shard written.
     with ForeignLease(s3_server, url):

@@ -120,7 +120,7 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
 
     options = dict(class_name="house", sampler="ddim", steps=2, guidance=1.5, eta=0.5, seed=7, out=s3_url, shard_size=4,
                    format="parquet", gpus=1, actors_per_gpu=2, batch_size=4, placement_timeout=120.0, device="cuda",
-                   encode_processes=2)
+                   encode_processes=2, exclusive="every-field")
     # ray_address: a job on the cluster joins the head's own Ray; actors: CPU actors only, refused
     # beside --gpus; compile: a 25 s compilation per actor on this CPU (tests/test_samplers.py
     # compiles; tests/test_spec.py round-trips every field through JSON).
@@ -132,7 +132,8 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
     laptop = build_spec(count=8, job_id="every-field", **options)
     flags = ["--count", "8", "--job-id", "every-field", "--class", "house", "--sampler", "ddim", "--steps", "2", "--guidance", "1.5",
              "--eta", "0.5", "--seed", "7", "--out", s3_url, "--shard-size", "4", "--format", "parquet", "--gpus", "1",
-             "--actors-per-gpu", "2", "--batch-size", "4", "--placement-timeout", "120", "--device", "cuda", "--encode-processes", "2"]
+             "--actors-per-gpu", "2", "--batch-size", "4", "--placement-timeout", "120", "--device", "cuda", "--encode-processes", "2",
+             "--exclusive", "every-field"]
     done = run_cli(laptop_env, "submit", *flags, "--cluster", head, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])

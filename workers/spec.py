@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 # Which optional SamplingConfig fields each sampler reads; setting one for a sampler that
@@ -174,6 +175,9 @@ class RunConfig:
                            "faster sampling after a one-off compilation per actor (20-25 s on a 2-core CPU); images stay "
                            "within one level of 255 of the uncompiled ones, as with another --batch-size, so neither is "
                            "part of the job id.")
+    exclusive: str = option("", "Run one at a time with every job that passes the same NAME under the same --out (a "
+                            "schedule's nights): while this job's driver runs it holds <out>/_LEASE.NAME, and another "
+                            "such job is refused, writing nothing, until it ends.", metavar="NAME", show="none")
     encode_processes: int = option(0, "PNG encoder processes per actor.", metavar="N",
                                    show=f"{GPU_ENCODE_PROCESSES} per GPU split among its actors (at least one each); none for CPU "
                                    "actors, which encode on their own threads")
@@ -186,6 +190,8 @@ class RunConfig:
         _check(math.isfinite(self.placement_timeout) and self.placement_timeout > 0,
                f"--placement-timeout must be a number of seconds > 0, got {self.placement_timeout}")
         _check_choices(self)
+        _check(not self.exclusive or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.exclusive) is not None,
+               f"--exclusive must be a name of letters, digits, '.', '_' or '-' (up to 64), got '{self.exclusive}'")
         _check(not (self.gpus and self.device == "cpu"), f"--gpus {self.gpus} asks for GPU actors; drop --device cpu or --gpus")
         _check(not (self.actors and (self.gpus or self.device == "cuda")),
                "--actors sets the number of CPU actors; for GPU actors use --gpus N (and --actors-per-gpu K)")
