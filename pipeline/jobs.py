@@ -64,7 +64,8 @@ def refusal(spec: JobSpec) -> str | None:
                 f"use --out s3://BUCKET/PREFIX with --cluster")
     if spec.model not in SHIPPED_MODELS and not spec.model.startswith("s3://"):
         return (f"--model {spec.model}: a local folder does not reach the cluster; upload it "
-                f"(aws s3 cp --recursive {spec.model} s3://BUCKET/models/NAME) and pass --model s3://BUCKET/models/NAME")
+                f"under a prefix the cluster's nodes may read, e.g. beside --out (aws s3 cp --recursive {spec.model} "
+                f"s3://BUCKET/PREFIX/models/NAME) and pass --model s3://BUCKET/PREFIX/models/NAME")
     return None
 
 
