@@ -25,6 +25,7 @@ from novarch_batch.workers.spec import SHIPPED_MODEL, SamplingConfig
 @click.option("--steps", default=5)
 @click.option("--guidance", default=1.0)
 @click.option("--class", "class_name", default="building")
+@click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True)
 @click.option("--batch-size", default=64)
 @click.option("--threads", default=2)
 @click.option("--device", default="auto")
@@ -33,7 +34,7 @@ from novarch_batch.workers.spec import SHIPPED_MODEL, SamplingConfig
 @click.option("--model", default=SHIPPED_MODEL, show_default=True, help="A shipped model's name.")
 @click.option("--compile", "compiled", is_flag=True, help="torch.compile the network (submit --compile).")
 @click.option("--noise-threads", type=int, default=None, help="Threads drawing noise ahead [default: 4 on a GPU, 0 on a CPU].")
-def main(count, sampler, steps, guidance, class_name, batch_size, threads, device, contiguous, channels_last, model, compiled,
+def main(count, sampler, steps, guidance, class_name, guidance_interval, batch_size, threads, device, contiguous, channels_last, model, compiled,
          noise_threads):
     torch.set_num_threads(threads)
     generator = ImageGenerator(default_model_dir(model), device, noise_threads=noise_threads, compile=compiled)
@@ -41,7 +42,7 @@ def main(count, sampler, steps, guidance, class_name, batch_size, threads, devic
         generator.unet = generator.unet.to(memory_format=torch.contiguous_format)
     if channels_last:
         generator.unet = generator.unet.to(memory_format=torch.channels_last)
-    sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance)
+    sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval)
     seeds = [sample_seed(0, i) for i in range(count)]
     batches = [seeds[lo:lo + batch_size] for lo in range(0, count, batch_size)]
     t0 = time.perf_counter()
@@ -53,7 +54,8 @@ def main(count, sampler, steps, guidance, class_name, batch_size, threads, devic
         pass
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": count, "seconds": seconds, "images_per_second": count / seconds, "device": str(generator.device),
-                      "model": model, "sampler": sampler, "steps": steps, "guidance": guidance, "batch_size": batch_size,
+                      "model": model, "sampler": sampler, "steps": steps, "guidance": guidance,
+                      "guidance_interval": guidance_interval, "class": class_name, "batch_size": batch_size,
                       "network_evaluations_per_image": sampling.network_evaluations(), "compile": compiled,
                       "noise_threads": generator.noise_threads, "warm_up_seconds": warm_up,
                       "memory_format": "channels_last" if channels_last or (generator.device.type == "cpu" and not contiguous)

@@ -80,8 +80,9 @@ bare() {  # name, expected seconds, then bare_sampler flags; the submit default 
   local name=$1 need=$2; shift 2
   fits "bare_$name" "$need" || return 0
   echo "== bare sampler, $name"
+  # --class any, as the end-to-end jobs below (submit's default): efficiency compares the same work
   record "bare_$name" "$RESULTS/bare_$name.json" $PY -m benchmarks.bare_sampler --count "$BARE_COUNT" --sampler dpmpp-2m-sde \
-    --steps 10 --guidance 2 --batch-size "$BATCH" --device "$DEVICE" "$@"
+    --steps 10 --guidance 2 --class any --batch-size "$BATCH" --device "$DEVICE" "$@"
 }
 e2e() {  # name, count, expected seconds, then submit flags
   local name=$1 count=$2 need=$3; shift 3

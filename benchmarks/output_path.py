@@ -47,7 +47,7 @@ def main(images, concurrency, out):
     now = datetime.now(timezone.utc)
     for i, data in enumerate(pngs[:1000]):
         for name, value in (("id", i), ("job_id", "j"), ("shard", 0), ("seed", i), ("class_label", "any"), ("label", -1), ("sampler", "ddpm"),
-                            ("steps", 20), ("guidance", 2.0), ("eta", 0.0), ("model", "m"), ("model_sha256", "0" * 64),
+                            ("steps", 20), ("guidance", 2.0), ("guidance_interval", "all"), ("eta", 0.0), ("model", "m"), ("model_sha256", "0" * 64),
                             ("image_key", shard_format.image_key(0, i)), ("width", 32), ("height", 32), ("format", "png"),
                             ("sha256", sha256_hex(data)), ("created_at", now), ("image", None)):
             rows[name].append(value)

@@ -38,12 +38,16 @@ def settings_flags(count, sampler, steps, guidance, batch_size) -> list[str]:
     return ["--count", str(count), "--steps", str(steps), "--guidance", str(guidance), "--batch-size", str(batch_size)]
 
 
+ALL_STEPS_GUIDED = ["--guidance-interval", "all"]  # the recipe guides every step: ours and bare do the same work
+
+
 def bare_per_core(count: int, sampler: str, steps: int, guidance: float, batch_size: int, env: dict) -> float:
     """One 1-thread bare sampler per core at once (count split between them): what this machine's
     cores sample with no system around them, the layout novarch-batch's CPU actors use."""
     cores = os.cpu_count() or 1
     share = -(-count // cores)
-    cmd = [PY, "-m", "benchmarks.bare_sampler", *settings_flags(share, sampler, steps, guidance, batch_size), "--sampler", sampler, "--threads", "1"]
+    cmd = [PY, "-m", "benchmarks.bare_sampler", *settings_flags(share, sampler, steps, guidance, batch_size), *ALL_STEPS_GUIDED,
+           "--sampler", sampler, "--threads", "1"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(cores)]
     results = []
     for proc in procs:
@@ -102,13 +106,15 @@ def main(count, sampler, steps, guidance, batch_size, recipe_scheduler, recipe_s
     try:
         for run in range(runs):
             if bare:
-                _, result = timed([PY, "-m", "benchmarks.bare_sampler", *common, "--sampler", sampler, "--threads", str(threads)], env)
+                _, result = timed([PY, "-m", "benchmarks.bare_sampler", *common, *ALL_STEPS_GUIDED, "--sampler", sampler,
+                                   "--threads", str(threads)], env)
                 samples.setdefault("bare", []).append({"ips": result["images_per_second"]})
                 samples.setdefault("bare_per_core", []).append({"ips": bare_per_core(count, sampler, steps, guidance, batch_size, env)})
             targets = ([("local", str(work / f"ours-{run}"))] if local else []) + ([("s3", f"s3://{server.bucket}/ours-{run}")] if server else [])
             embed = ["--format", output_format]
             for name, dest in targets:
-                wall, report = timed([CLI, "submit", *common, *embed, "--class", "building", "--sampler", sampler, "--out", dest, "--json"], env)
+                wall, report = timed([CLI, "submit", *common, *ALL_STEPS_GUIDED, *embed, "--class", "building", "--sampler", sampler,
+                                      "--out", dest, "--json"], env)
                 steady = report["images_sampled"] / (report["seconds"] - report["startup_seconds"])
                 samples.setdefault(f"ours_{name}", []).append({"wall_ips": count / wall, "steady_ips": steady, "wall": wall})
             recipe_targets = ([("local", str(work / f"recipe-{run}"))] if local else []) + ([("s3", f"s3://{server.bucket}/recipe-{run}")] if server else [])

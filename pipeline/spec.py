@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
+    ALL_STEPS,
     DISTILLED,
     SHIPPED_MODEL,
     SHIPPED_MODELS,
@@ -98,7 +99,10 @@ def student_sampling(sampling: SamplingConfig, info, model: str, given: dict) ->
         if name in given and given[name] != student[name]:
             raise SpecError(f"{flag} {given[name]}: the distilled student samples with {flag} {student[name]} only "
                             f"(it was distilled for it); drop {flag}, or choose another --sampler")
-    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]))
+    if given.get("guidance_interval", ALL_STEPS) != ALL_STEPS:
+        raise SpecError("--guidance-interval does not apply to --sampler distilled (its guidance is folded into the "
+                        "student); drop it, or choose another --sampler")
+    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS)
 
 
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:

@@ -9,8 +9,7 @@ from novarch_batch.training.distill import DistillConfig, distill, ddim_step, tw
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
 from novarch_batch.workers.samplers import Schedule
-from novarch_batch.workers.schedules import trailing_timesteps
-from novarch_batch.workers.spec import SamplingConfig
+from novarch_batch.workers.spec import SamplingConfig, trailing_timesteps
 
 
 @pytest.mark.parametrize("a_t,a_end", [(0.0, 0.3), (0.2, 0.7), (0.5, 1.0)])  # from pure noise; midway; to the clean end

@@ -20,7 +20,7 @@ from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import open_storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.encode import encode_png
-from novarch_batch.workers.spec import OUTPUT_FORMATS, JobSpec, OutputConfig, SpecError
+from novarch_batch.workers.spec import OUTPUT_FORMATS, JobSpec, OutputConfig, SamplingConfig, SpecError
 from novarch_batch.workers.writers import WRITERS
 from tests.format_jobs import COUNT, SHARD_SIZE, copy_job, s3_format_jobs
 
@@ -34,7 +34,7 @@ def png(i: int) -> bytes:
 
 def row(i: int, data: bytes) -> dict:
     return {"id": i, "job_id": "j", "shard": 0, "seed": 100 + i, "class_label": "house", "label": 1, "sampler": "ddpm",
-            "steps": 1, "guidance": 1.0, "eta": 0.0, "model": "m", "model_sha256": "0" * 64, "width": 32, "height": 32,
+            "steps": 1, "guidance": 1.0, "guidance_interval": "all", "eta": 0.0, "model": "m", "model_sha256": "0" * 64, "width": 32, "height": 32,
             "format": "png", "sha256": hashlib.sha256(data).hexdigest(), "created_at": CREATED}
 
 
@@ -104,9 +104,11 @@ def test_row_groups_are_sized_by_bytes():
 
 
 def test_job_ids_of_files_and_parquet_jobs_are_those_of_embed_images():
-    """Hashes computed by the code before --format, where OutputConfig had embed_images."""
+    """Hashes computed by the code before --format, where OutputConfig had embed_images (and before
+    --guidance-interval, whose 'all' samples as then)."""
     def spec(fmt):
-        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, output=OutputConfig(shard_size=64, format=fmt))
+        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, sampling=SamplingConfig(guidance_interval="all"),
+                       output=OutputConfig(shard_size=64, format=fmt))
 
     assert spec("files").spec_hash() == "1c0042503964c0c9bbf98962621841b1fccf0c225a6ba6adb54f3dcf6cd9dd2d"
     assert spec("parquet").spec_hash() == "02641a6d43192d83b092fab4fbb3dc2651436345220ebba4340fd49f4e439cb4"
@@ -150,7 +152,7 @@ def test_load_dataset_reads_pil_images_and_class_labels(jobs, hf_offline):
 
 def test_embedded_shards_carry_the_version_and_the_hf_metadata(jobs):
     meta = pq.read_schema(jobs["parquet"] / "shards" / "part-00000.parquet").metadata
-    assert meta[shard_format.SCHEMA_VERSION_KEY] == b"2"
+    assert meta[shard_format.SCHEMA_VERSION_KEY] == b"3"
     features = json.loads(meta[b"huggingface"])["info"]["features"]
     assert features["image"] == {"_type": "Image"}
     assert features["label"] == {"names": list(CLASSES), "_type": "ClassLabel"}

@@ -8,8 +8,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from novarch_batch.workers.model import ModelInfo, default_model_dir, load_unet, make_denoiser
 from novarch_batch.workers.samplers import SAMPLERS, Schedule
-from novarch_batch.workers.spec import SAMPLER_OPTIONS, SHIPPED_MODELS, SHIPPED_STUDENT
-from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
+from novarch_batch.workers.spec import SAMPLER_OPTIONS, SHIPPED_MODELS, SHIPPED_STUDENT, trailing_timesteps
+from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.seeds import GeneratorNoise, draw_noise, make_generators, sample_seed
 
 STEPS = 10
@@ -143,6 +143,36 @@ def test_guidance_endpoints(name, unet, info):
     cond_only = run_ours(name, unet, info, SEEDS, labels, guidance=1.0)
     nulls_ignored = run_ours(name, unet, info, SEEDS, labels, guidance=1.0 + 1e-12)  # takes the two-branch path
     assert (cond_only - nulls_ignored).norm() / nulls_ignored.norm() < 1e-3
+
+
+def test_guidance_interval_guides_only_its_timesteps(unet, info):
+    """Inside LO-HI the guided output, outside it the conditional one, each as computed without an
+    interval; through ImageGenerator an interval that holds every step is the same as 'all'."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from novarch_batch.workers.generate import ImageGenerator
+    from novarch_batch.workers.spec import SamplingConfig
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1])
+    guided = make_denoiser(unet, labels, info.null_label, 2.0)
+    conditional = make_denoiser(unet, labels, info.null_label, 1.0)
+    limited = make_denoiser(unet, labels, info.null_label, 2.0, (650, 950))
+    unconditional = make_denoiser(unet, labels, info.null_label, 0.0, (650, 950))
+    with torch.inference_mode():
+        assert torch.equal(unconditional(x, 999), make_denoiser(unet, labels, info.null_label, 0.0)(x, 999))
+        assert not torch.equal(guided(x, 700), conditional(x, 700))
+        for t, inside in ((999, False), (951, False), (950, True), (700, True), (650, True), (649, False), (99, False)):
+            assert torch.equal(limited(x, t), guided(x, t) if inside else conditional(x, t)), t
+    generator = ImageGenerator(default_model_dir(), "cpu")
+    sampling = SamplingConfig(class_name="house", steps=3, seed=1)  # timesteps 999, 666, 332
+    images = {interval: generator.images(SEEDS[:2], replace(sampling, guidance_interval=interval))
+              for interval in ("all", "0-999", "600-700")}
+    assert np.array_equal(images["all"], images["0-999"])
+    assert not np.array_equal(images["all"], images["600-700"])
+    assert np.array_equal(images["600-700"][:1], generator.images(SEEDS[:1], replace(sampling, guidance_interval="600-700")))
 
 
 def test_ancestral_noise_comes_from_the_sample_generator():

@@ -79,19 +79,50 @@ def test_choices_are_checked_for_python_callers_too(tmp_path):
 
 
 def test_a_sampling_field_added_later_leaves_job_ids_alone(tmp_path, monkeypatch):
-    """Hash a spec as if SamplingConfig had grown an option: at its default it is not in the job id."""
+    """Hash a spec as if SamplingConfig had grown an option: at the value that samples as before it
+    existed it is not in the job id; at any other value, its default included, it is."""
     import dataclasses
 
     from novarch_batch.workers import spec as spec_module
 
     plain = build_spec(count=8, out=str(tmp_path))
-    grown = dataclasses.make_dataclass("Grown", [("new_option", float, dataclasses.field(default=1.0))],
-                                       bases=(SamplingConfig,), frozen=True)
-    monkeypatch.setitem(spec_module.FIELDS, "new_option", dataclasses.fields(grown)[-1])
-    at_default = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling)))
-    assert at_default.spec_hash() == plain.spec_hash()
-    changed = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling), new_option=2.0))
-    assert changed.spec_hash() != plain.spec_hash()
+    for default, before in ((1.0, 1.0), (3.0, 1.0)):
+        grown = dataclasses.make_dataclass("Grown", [("new_option", float, spec_module.option(default, "h", before=before))],
+                                           bases=(SamplingConfig,), frozen=True)
+        monkeypatch.setitem(spec_module.FIELDS, "new_option", dataclasses.fields(grown)[-1])
+        at_default = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling)))
+        assert (at_default.spec_hash() == plain.spec_hash()) == (default == before)
+        as_before = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling), new_option=before))
+        assert as_before.spec_hash() == plain.spec_hash()
+        changed = dataclasses.replace(plain, sampling=grown(**dataclasses.asdict(plain.sampling), new_option=2.0))
+        assert changed.spec_hash() != plain.spec_hash()
+
+
+def test_guidance_interval_counts_only_its_steps_and_is_hashed_unless_all(tmp_path):
+    house = dict(count=8, out=str(tmp_path), class_name="house", steps=16)
+    assert build_spec(**house).sampling.guidance_interval == "650-950"  # the default, hashed: it samples differently from "all"
+    assert build_spec(**house).identity()["sampling"]["guidance_interval"] == "650-950"
+    every = build_spec(**house, guidance_interval="all")
+    assert every.sampling.network_evaluations() == 32
+    assert "guidance_interval" not in every.identity()["sampling"]  # samples as before the option existed
+    limited = build_spec(**house, guidance_interval="650-950")
+    assert limited.sampling.guided_timesteps() == [937, 874, 811, 749, 687]  # of the 16-step trailing grid
+    assert limited.sampling.network_evaluations() == 16 + 5
+    assert limited.identity()["sampling"]["guidance_interval"] == "650-950" and limited.spec_hash() != every.spec_hash()
+    assert build_spec(**{**house, "class_name": "any"}, guidance_interval="650-950").sampling.network_evaluations() == 16
+    for bad in ("650", "950-650", "0-1000", "a-b", "-1-5"):
+        with pytest.raises(SpecError, match=r"--guidance-interval must be 'all' or LO-HI, .*got '"):
+            build_spec(**house, guidance_interval=bad)
+    with pytest.raises(SpecError, match="--guidance-interval does not apply to --sampler distilled"):
+        build_spec(count=8, out=str(tmp_path), sampler="distilled", guidance_interval="650-950")
+    assert build_spec(count=8, out=str(tmp_path), sampler="distilled").sampling.guidance_interval == "all"
+
+
+def test_bad_guidance_interval_is_one_line_exit_2_nothing_written(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--guidance-interval", "900-100"])
+    assert result.exit_code == 2
+    assert "--guidance-interval must be 'all' or LO-HI" in result.output and not out.exists()
 
 
 def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
@@ -99,8 +130,9 @@ def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
 
     spec = build_spec(count=8, out=str(tmp_path), sampler="distilled", class_name="house")
     assert spec.model == SHIPPED_STUDENT and (spec.sampling.steps, spec.sampling.guidance) == (4, 2.0)
-    assert spec.sampling.network_evaluations() == 4  # dpmpp-2m-sde at the defaults: 20
-    assert build_spec(count=8, out=str(tmp_path), class_name="house").sampling.network_evaluations() == 20
+    assert spec.sampling.network_evaluations() == 4
+    # the default for a class: 10 steps, guided at 899, 799 and 699 only
+    assert build_spec(count=8, out=str(tmp_path), class_name="house").sampling.network_evaluations() == 13
     assert spec.model_sha256 != build_spec(count=8, out=str(tmp_path)).model_sha256  # the student's weights are the job's
     with pytest.raises(SpecError, match="--steps 10: the distilled student samples with --steps 4 only"):
         build_spec(count=8, out=str(tmp_path), sampler="distilled", steps=10)

@@ -36,7 +36,8 @@ from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import TRAIN_DATA_SEED, optimizer_step, seeded_generator, to_model_range
 from novarch_batch.workers.model import ModelInfo, load_unet
 from novarch_batch.workers.samplers import Schedule, predict
-from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
+from novarch_batch.workers.schedules import alphas_cumprod_for
+from novarch_batch.workers.spec import trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
 ROUND_STRIDE = 10**8  # image indices per round

@@ -15,9 +15,9 @@ import torch
 
 from novarch_batch.workers.model import ModelInfo, load_unet, make_denoiser
 from novarch_batch.workers.samplers import SAMPLERS, Callback, Schedule
-from novarch_batch.workers.schedules import alphas_cumprod_for, trailing_timesteps
+from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.seeds import GeneratorNoise, NoiseSource, PredrawnNoise, make_generators
-from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig
+from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig, parse_interval, trailing_timesteps
 
 # Threads that draw the next micro-batch's noise while the GPU samples this one. One CPU thread
 # draws ~70,000 per-sample draws/s and two scale to ~2x (BENCHMARKS.md, per-sample noise); the
@@ -87,7 +87,7 @@ class ImageGenerator:
         labels = torch.full((len(seeds),), self.label_for(sampling.class_name), device=self.device, dtype=torch.long)
         # a distilled student carries its guidance in its weights: one pass per step, as it was trained
         guidance = 1.0 if sampling.sampler == DISTILLED else sampling.guidance
-        denoise = make_denoiser(self.unet, labels, self.info.null_label, guidance)
+        denoise = make_denoiser(self.unet, labels, self.info.null_label, guidance, parse_interval(sampling.guidance_interval))
         timesteps = timesteps or trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
         schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample, self.prediction_type)
         sampler = SAMPLERS[sampling.sampler]

@@ -102,13 +102,16 @@ def load_unet(folder: Path, device: torch.device, dtype: torch.dtype | None = No
     return unet
 
 
-def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
+def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float, interval: tuple[int, int] | None = None):
     """The network output at (x, t) with classifier-free guidance (Ho & Salimans 2022, eq. 6): out_u + g (out_c - out_u).
 
     The same combination serves epsilon and v: at fixed x_t, v is an affine function of epsilon.
 
     g = 1 is plain conditional sampling and g = 0 unconditional, each one network pass; rows whose
-    label is the null label ("any") are unconditional whatever g is.
+    label is the null label ("any") are unconditional whatever g is. With `interval` (lo, hi), a
+    guidance g other than 0 applies only at lo <= t <= hi and the other steps are conditional
+    (Kynkaanniemi et al. 2024: guidance at the highest noise levels narrows the images, at the
+    lowest it changes little); g = 0 stays unconditional at every step.
     """
     import torch
 
@@ -120,10 +123,10 @@ def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float):
         return unet(x.to(dtype), ts, class_labels=label).sample.float()
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        if guidance == 1.0:
-            return net(x, labels, t)
         if guidance == 0.0 or bool((labels == null_label).all()):
             return net(x, nulls, t)
+        if guidance == 1.0 or (interval is not None and not interval[0] <= t <= interval[1]):
+            return net(x, labels, t)
         both = net(torch.cat([x, x]), torch.cat([labels, nulls]), t)  # (2B, C, H, W): one pass for both
         cond, uncond = both.chunk(2)
         return uncond + guidance * (cond - uncond)

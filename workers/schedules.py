@@ -1,9 +1,8 @@
-"""Noise schedules and timestep spacings as pure functions (no state, no model)."""
+"""Noise schedules as pure functions (no state, no model); the timestep grid is workers/spec.trailing_timesteps."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 
@@ -52,9 +51,3 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def alphas_cumprod_for(config: dict) -> torch.Tensor:
     """alpha_bar_t = prod_{s<=t} (1 - beta_s), float32 as diffusers keeps it."""
     return torch.cumprod(1.0 - betas_for(config), dim=0)
-
-
-def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """'Trailing' spacing (Lin et al. 2023, table 2): starts at T-1, so even 5 steps begin from pure noise."""
-    ratio = num_train_timesteps / steps
-    return [int(t) - 1 for t in np.round(np.arange(num_train_timesteps, 0, -ratio))]

@@ -15,6 +15,8 @@ import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+import numpy as np
+
 # Which optional SamplingConfig fields each sampler reads; setting one for a sampler that
 # ignores it is refused, so an option never changes a job id without changing its images.
 SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -31,6 +33,11 @@ SHIPPED_MODEL = "novarch-tiny"  # the model inside the package; a name, so it me
 SHIPPED_STUDENT = "novarch-tiny-distilled"  # what --sampler distilled samples unless --model names another student
 SHIPPED_MODELS = (SHIPPED_MODEL, "novarch-tiny-v1", SHIPPED_STUDENT)  # v1 stays so that jobs begun with it can be finished
 MAX_STEPS = 1000  # the model's number of training timesteps
+ALL_STEPS = "all"  # --guidance-interval: guidance at every step
+# Guidance where the class is decided, not at pure noise or in the details (Kynkaanniemi et al.
+# 2024): on the 10-step trailing grid it guides t = 899, 799, 699. Measured in MODEL.md
+# ("Guidance in an interval"): the purity and FD of guidance at every step, 13 evaluations for 20.
+DEFAULT_GUIDANCE_INTERVAL = "650-950"
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
 # PNG encoder processes per GPU, shared by its actors. One process encodes ~15,000 32x32 images/s
@@ -45,14 +52,17 @@ class SpecError(ValueError):
 
 
 def option(default, help: str, *, flag: str | None = None, metavar: str | None = None, choices=None,
-           column: str | None = "", show: str | None = None):
+           column: str | None = "", show: str | None = None, before=MISSING):
     """A spec field that is also a `submit` option.
 
     flag: the CLI name (default --field-name); column: its Parquet column ("" = the field's name,
-    None = not a column); show: the default as --help shows it, when the stored one is a sentinel.
+    None = not a column); show: the default as --help shows it, when the stored one is a sentinel;
+    before: for a sampling field added later, the value that samples as before it existed (default:
+    its default), which JobSpec.identity leaves out of the job id.
     """
     return field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "choices": choices,
-                                            "column": column, "show": show})
+                                            "column": column, "show": show,
+                                            "before": default if before is MISSING else before})
 
 
 def flag_name(f) -> str:
@@ -62,6 +72,23 @@ def flag_name(f) -> str:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise SpecError(message)
+
+
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """'Trailing' spacing (Lin et al. 2023, table 2): starts at T-1, so even 5 steps begin from pure noise."""
+    ratio = num_train_timesteps / steps
+    return [int(t) - 1 for t in np.round(np.arange(num_train_timesteps, 0, -ratio))]
+
+
+def parse_interval(text: str) -> tuple[int, int] | None:
+    """--guidance-interval's value: 'all' -> None (every step), 'LO-HI' -> (LO, HI); SpecError otherwise."""
+    if text == ALL_STEPS:
+        return None
+    lo, sep, hi = text.partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi) < MAX_STEPS):
+        raise SpecError(f"--guidance-interval must be '{ALL_STEPS}' or LO-HI, timesteps with 0 <= LO <= HI <= "
+                        f"{MAX_STEPS - 1} (e.g. 650-950), got '{text}'")
+    return int(lo), int(hi)
 
 
 def _check_choices(config) -> None:
@@ -78,13 +105,19 @@ class SamplingConfig:
                              "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
                              flag="--class", metavar="CLASS", column="class_label")
     sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality at guidance 2 "
-                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 20, purity 0.97-0.98, FD 9-35x the floor; "
+                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 13 for a class (10 for any), purity 0.97-0.98, FD 9-33x the floor; "
                           "ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
-                          "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 7x the default's images/s.", choices=tuple(SAMPLER_OPTIONS))
-    steps: int = option(10, "Sampler steps (network evaluations per image, x2 with guidance; --sampler distilled: "
-                        "the student's). dpmpp-2m-sde at 30 steps: FD 7-10x the floor, 3x the cost.", metavar="K")
+                          "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
+    steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
+                        "distilled: the student's). dpmpp-2m-sde at 16 steps: half the 10-step FD at 21 evaluations "
+                        "for a class (MODEL.md).", metavar="K")
     guidance: float = option(2.0, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.", metavar="G")
+    guidance_interval: str = option(DEFAULT_GUIDANCE_INTERVAL, "Timesteps LO-HI (of 1000; the first step is 999) where "
+                                    "--guidance applies; other steps are conditional (--guidance 0: unconditional "
+                                    "throughout). 'all' = every step. The default guides 3 of 10 steps: 13 evaluations "
+                                    "per image, not 20, at the same quality (MODEL.md).",
+                                    metavar="LO-HI|all", before=ALL_STEPS)
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
 
@@ -98,6 +131,9 @@ class SamplingConfig:
         _check(math.isfinite(self.guidance) and self.guidance >= 0,
                f"--guidance must be a number >= 0 (1 = conditional, 0 = unconditional), got {self.guidance}")
         _check(math.isfinite(self.eta) and self.eta >= 0, f"--eta must be a number >= 0 (0 = deterministic DDIM), got {self.eta}")
+        parse_interval(self.guidance_interval)
+        _check(self.sampler != DISTILLED or self.guidance_interval == ALL_STEPS,
+               "--guidance-interval does not apply to --sampler distilled (its guidance is folded into the student); drop it")
         _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         defaults = SamplingConfig()
         for name in OPTIONAL_FIELDS:
@@ -106,11 +142,19 @@ class SamplingConfig:
                 raise SpecError(f"{flag_name(FIELDS[name])} is used by --sampler {' or '.join(users)} only, not {self.sampler}; "
                                 f"drop it or choose that sampler")
 
+    def guided_timesteps(self) -> list[int]:
+        """The steps' timesteps that take classifier-free guidance (two network evaluations each, in one
+        batched pass of both branches): none for unconditional rows, g = 0 or 1, or a distilled student
+        (guidance folded in); else those inside --guidance-interval."""
+        if self.guidance in (0.0, 1.0) or self.class_name == ANY_CLASS or self.sampler == DISTILLED:
+            return []
+        interval = parse_interval(self.guidance_interval)
+        grid = trailing_timesteps(MAX_STEPS, self.steps)
+        return grid if interval is None else [t for t in grid if interval[0] <= t <= interval[1]]
+
     def network_evaluations(self) -> int:
-        """Network evaluations per image: one per step, two with classifier-free guidance (one batched
-        pass of both branches), one for unconditional rows and for a distilled student (guidance folded in)."""
-        guided = self.guidance not in (0.0, 1.0) and self.class_name != ANY_CLASS and self.sampler != DISTILLED
-        return self.steps * (2 if guided else 1)
+        """Network evaluations per image: one per step, plus one per guided step."""
+        return self.steps + len(self.guided_timesteps())
 
     def noise_draws(self) -> int:
         """Noise draws per sample (workers/seeds.py): the initial noise, and for an ancestral or SDE
@@ -217,10 +261,11 @@ class JobSpec:
         "embed_images" is what --format parquet was called before --format existed: files and
         parquet hash exactly as they did then, so their job ids (and resumes) are unchanged.
         """
-        # A sampling field added later is hashed only when set away from its default, so adding
-        # an option never changes the job id (and so the resume) of a job that does not use it.
+        # A sampling field added later is hashed only when it samples differently from before it
+        # existed, so adding an option never changes the job id (and so the resume) of a job that
+        # does not use it, and a default that changes images always changes the id.
         sampling = {name: value for name, value in asdict(self.sampling).items()
-                    if name in FIRST_SAMPLING_FIELDS or value != FIELDS[name].default}
+                    if name in FIRST_SAMPLING_FIELDS or value != FIELDS[name].metadata["before"]}
         identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
