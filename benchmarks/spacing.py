@@ -34,19 +34,22 @@ def power_timesteps(num_train_timesteps: int, steps: int, rho: float) -> list[in
 @click.option("--rho", "rhos", default="1,0.7", show_default=True, help="Comma-separated exponents.")
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
+@click.option("--guidance-interval", default="all", show_default=True,
+              help="'all': each grid gets guidance at every step, as MODEL.md's spacing tables were measured.")
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default=None)
-def main(rhos, sampler, steps, count, batch, threads, device, out):
+def main(rhos, sampler, steps, guidance_interval, count, batch, threads, device, out):
     torch.set_num_threads(threads)
     generator = ImageGenerator(default_model_dir(), device)
     rows = []
     for rho in (float(r) for r in rhos.split(",")):
         timesteps = power_timesteps(len(generator.alphas_cumprod), steps, rho)
         for seed, class_name in ((10, "building"), (11, "house")):
-            sampling = replace(SamplingConfig(), sampler=sampler, steps=steps, class_name=class_name, seed=seed)
+            sampling = replace(SamplingConfig(), sampler=sampler, steps=steps, class_name=class_name, seed=seed,
+                               guidance_interval=guidance_interval)
             seeds = [sample_seed(seed, i) for i in range(count)]
             t0 = time.perf_counter()
             images = np.concatenate([generator.images(seeds[i:i + batch], sampling, timesteps) for i in range(0, count, batch)])
@@ -54,7 +57,8 @@ def main(rhos, sampler, steps, count, batch, threads, device, out):
             rows.append({"rho": rho, "timesteps": timesteps, "class": class_name, "purity": m["purity"],
                          "accuracy": m["conditional_accuracy"], "fd_ratio": m["fd_ratio"], "seconds": round(time.perf_counter() - t0)})
             click.echo(json.dumps(rows[-1]))
-    save({"machine": machine(), "sampler": sampler, "steps": steps, "count": count, "rows": rows}, out)
+    save({"machine": machine(), "sampler": sampler, "steps": steps, "guidance_interval": guidance_interval, "count": count,
+          "rows": rows}, out)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ class Lease:
             self.version = self.job.replace(self.key, self._document(), version)  # take over, unless another driver just did
             if self.version:
                 return
-            raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
-        raise JobBusy(f"{self.job.url}: the job's lease keeps changing hands; wait a minute, then re-run")
+            raise JobBusy(f"{self.job.url}/{self.key} was just taken by another driver; wait for it, then re-run")
+        raise JobBusy(f"{self.job.url}/{self.key} keeps changing hands; wait a minute, then re-run")
 
     def _acquire_best_effort(self) -> None:
         current = self._read()
@@ -113,7 +113,7 @@ class Lease:
         # and the other sees a foreign owner and backs off (best effort: a slow store can fool it).
         time.sleep(0.2)
         if (self._read() or {}).get("id") != self.owner["id"]:
-            raise JobBusy(f"{self.job.url} was just taken by another driver; wait for it, then re-run")
+            raise JobBusy(f"{self.job.url}/{self.key} was just taken by another driver; wait for it, then re-run")
 
     def _read(self) -> dict | None:
         current = self.job.read_versioned(self.key)

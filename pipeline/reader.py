@@ -1,6 +1,6 @@
 """Read a finished or running job back from storage: manifests, Parquet rows, images.
 
-Reads every --format and both schema versions (docs/format.md): an image is a file named by
+Reads every --format and every schema version (docs/format.md): an image is a file named by
 `image_key`, the `image` column of its row (v2: {bytes, path}; v1: bare bytes), or a member of
 its shard's WebDataset tar (`webdataset/part-<shard>.tar#<id>.png`).
 """

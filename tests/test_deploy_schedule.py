@@ -137,7 +137,8 @@ def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_s
     assert f"--exclusive nightly: {s3_url}/nightly-19991231 is still running" in overlap.stdout + overlap.stderr
     assert shard_objects(s3_server, url, under="") == {}
 
-    # An overlapping driver on the same night: refused by the job's lease, non-zero, no shard written.
+    # A driver on the same night that holds only the job's lease (one started without --exclusive):
+    # refused by that lease, non-zero, no shard written.
     with ForeignLease(s3_server, url):
         busy = run_schedule(head, s3_url, tmp_path)
     assert busy.returncode != 0
@@ -146,6 +147,7 @@ def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_s
 
     first = summary(run_schedule(head, s3_url, tmp_path))
     assert first["url"] == url and first["complete"] and first["images_sampled"] == 16
+    assert shard_objects(s3_server, s3_url, under="_LEASE") == {}  # both leases released: the next night may run
 
     s3 = s3_server.env()
     checked = cli("verify", url, "--json", "--full", env=s3, home=tmp_path)

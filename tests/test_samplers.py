@@ -168,10 +168,20 @@ def test_guidance_interval_guides_only_its_timesteps(unet, info):
             assert torch.equal(limited(x, t), guided(x, t) if inside else conditional(x, t)), t
     generator = ImageGenerator(default_model_dir(), "cpu")
     sampling = SamplingConfig(class_name="house", steps=3, seed=1)  # timesteps 999, 666, 332
-    images = {interval: generator.images(SEEDS[:2], replace(sampling, guidance_interval=interval))
-              for interval in ("all", "0-999", "600-700")}
+    rows: list[int] = []  # images per network call: what a step really costs
+    hook = generator.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    images = {}
+    for interval in ("all", "0-999", "600-700", "660-670", "667-700"):
+        rows.clear()
+        config = replace(sampling, guidance_interval=interval)
+        images[interval] = generator.images(SEEDS[:2], config)
+        assert sum(rows) == 2 * config.network_evaluations(), interval
+    hook.remove()
+    assert [replace(sampling, guidance_interval=i).network_evaluations() for i in ("all", "600-700", "667-700")] == [6, 4, 3]
     assert np.array_equal(images["all"], images["0-999"])
+    assert np.array_equal(images["600-700"], images["660-670"])  # both guide t = 666 only
     assert not np.array_equal(images["all"], images["600-700"])
+    assert np.array_equal(images["667-700"], generator.images(SEEDS[:2], replace(sampling, guidance=1.0)))  # guides no step
     assert np.array_equal(images["600-700"][:1], generator.images(SEEDS[:1], replace(sampling, guidance_interval="600-700")))
 
 

@@ -101,16 +101,20 @@ def test_a_sampling_field_added_later_leaves_job_ids_alone(tmp_path, monkeypatch
 def test_guidance_interval_counts_only_its_steps_and_is_hashed_unless_all(tmp_path):
     house = dict(count=8, out=str(tmp_path), class_name="house", steps=16)
     assert build_spec(**house).sampling.guidance_interval == "650-950"  # the default, hashed: it samples differently from "all"
-    assert build_spec(**house).identity()["sampling"]["guidance_interval"] == "650-950"
+    assert "guided_timesteps" in build_spec(**house).identity()["sampling"]
     every = build_spec(**house, guidance_interval="all")
     assert every.sampling.network_evaluations() == 32
     assert "guidance_interval" not in every.identity()["sampling"]  # samples as before the option existed
     limited = build_spec(**house, guidance_interval="650-950")
     assert limited.sampling.guided_timesteps() == [937, 874, 811, 749, 687]  # of the 16-step trailing grid
     assert limited.sampling.network_evaluations() == 16 + 5
-    assert limited.identity()["sampling"]["guidance_interval"] == "650-950" and limited.spec_hash() != every.spec_hash()
+    assert limited.identity()["sampling"]["guided_timesteps"] == [937, 874, 811, 749, 687] and limited.spec_hash() != every.spec_hash()
     assert build_spec(**{**house, "class_name": "any"}, guidance_interval="650-950").sampling.network_evaluations() == 16
-    for bad in ("650", "950-650", "0-1000", "a-b", "-1-5"):
+    # the same guided steps, the same images, the same job: 'any' has no guidance, 0-999 holds every step
+    assert build_spec(**{**house, "class_name": "any"}).spec_hash() == build_spec(**{**house, "class_name": "any"}, guidance_interval="all").spec_hash()
+    assert build_spec(**house, guidance_interval="0-999").spec_hash() == every.spec_hash()
+    assert build_spec(**house, guidance_interval="660-950").spec_hash() == limited.spec_hash()  # 687 is the lowest guided step either way
+    for bad in ("650", "950-650", "0-1000", "a-b", "-1-5", "0650-950", "６５０-９５０"):
         with pytest.raises(SpecError, match=r"--guidance-interval must be 'all' or LO-HI, .*got '"):
             build_spec(**house, guidance_interval=bad)
     with pytest.raises(SpecError, match="--guidance-interval does not apply to --sampler distilled"):

@@ -29,9 +29,9 @@ tail -n 3 "$WORK/student/distill_log.jsonl"
 tar -C "$WORK" -cf "$RESULTS/student.tar" student distill.log
 [ "$SCORE" = 1 ] || exit 0
 
-score() {  # label, folder, sampler, steps, guidance
+score() {  # label, folder, sampler, steps, guidance (at every step: the teacher's baseline is MODEL.md's 8 evaluations)
   echo "== $1"
-  $PY -m novarch_batch.training.score_model "$2" --count "$COUNT" --sampler "$3" --steps "$4" --guidance "$5" \
+  $PY -m novarch_batch.training.score_model "$2" --count "$COUNT" --sampler "$3" --steps "$4" --guidance "$5" --guidance-interval all \
     --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores/$1" | sed "s/^/$1 /"
 }
 score student-ddim-4-g1 "$WORK/student" ddim 4 1 2>&1 | tee "$RESULTS/scores.log"

@@ -30,11 +30,13 @@ train() {  # name, then train flags
 
 score() {  # name: the three sampler settings one after another, 1,000 images per row each
   local name=$1
-  for setting in "dpmpp-2m-sde 10" "dpmpp-2m 10" "ddpm $REFERENCE_STEPS"; do
+  # the default at submit's guidance interval; the deterministic solver and the reference guided at
+  # every step, as MODEL.md's tables compare them
+  for setting in "dpmpp-2m-sde 10 650-950" "dpmpp-2m 10 all" "ddpm $REFERENCE_STEPS all"; do
     set -- $setting
-    echo "== $name: $1 $2 steps"
+    echo "== $name: $1 $2 steps, guidance interval $3"
     $PY -m novarch_batch.training.score_model "$WORK/$name" --count "$COUNT" --sampler "$1" --steps "$2" \
-      --guidance 2 --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores-$name/$1-$2" | sed "s/^/$name $1-$2 /"
+      --guidance 2 --guidance-interval "$3" --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores-$name/$1-$2" | sed "s/^/$name $1-$2 /"
   done
 }
 

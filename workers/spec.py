@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -84,8 +84,9 @@ def parse_interval(text: str) -> tuple[int, int] | None:
     """--guidance-interval's value: 'all' -> None (every step), 'LO-HI' -> (LO, HI); SpecError otherwise."""
     if text == ALL_STEPS:
         return None
-    lo, sep, hi = text.partition("-")
-    if not (sep and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi) < MAX_STEPS):
+    match = re.fullmatch(r"(0|[1-9][0-9]{0,3})-(0|[1-9][0-9]{0,3})", text)
+    lo, hi = match.groups() if match else ("1", "0")
+    if int(lo) > int(hi) or int(hi) >= MAX_STEPS:
         raise SpecError(f"--guidance-interval must be '{ALL_STEPS}' or LO-HI, timesteps with 0 <= LO <= HI <= "
                         f"{MAX_STEPS - 1} (e.g. 650-950), got '{text}'")
     return int(lo), int(hi)
@@ -106,7 +107,7 @@ class SamplingConfig:
                              flag="--class", metavar="CLASS", column="class_label")
     sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality at guidance 2 "
                           "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 13 for a class (10 for any), purity 0.97-0.98, FD 9-33x the floor; "
-                          "ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
+                          "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
@@ -132,7 +133,7 @@ class SamplingConfig:
                f"--guidance must be a number >= 0 (1 = conditional, 0 = unconditional), got {self.guidance}")
         _check(math.isfinite(self.eta) and self.eta >= 0, f"--eta must be a number >= 0 (0 = deterministic DDIM), got {self.eta}")
         parse_interval(self.guidance_interval)
-        _check(self.sampler != DISTILLED or self.guidance_interval == ALL_STEPS,
+        _check(self.sampler != DISTILLED or self.guidance_interval in (ALL_STEPS, DEFAULT_GUIDANCE_INTERVAL),
                "--guidance-interval does not apply to --sampler distilled (its guidance is folded into the student); drop it")
         _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         defaults = SamplingConfig()
@@ -216,7 +217,8 @@ class RunConfig:
     device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
                          "else CPU.", choices=DEVICES)
     compile: bool = option(False, "torch.compile the network for the micro-batch's shape (CUDA graphs on a GPU): "
-                           "faster sampling after a one-off compilation per actor (20-25 s on a 2-core CPU); images stay "
+                           "faster sampling after a one-off compilation per actor and batch shape (20-25 s on a 2-core CPU; a class job "
+                           "guided in an interval has two); images stay "
                            "within one level of 255 of the uncompiled ones, as with another --batch-size, so neither is "
                            "part of the job id.")
     exclusive: str = option("", "Run one at a time with every job that passes the same NAME under the same --out (a "
@@ -266,6 +268,14 @@ class JobSpec:
         # does not use it, and a default that changes images always changes the id.
         sampling = {name: value for name, value in asdict(self.sampling).items()
                     if name in FIRST_SAMPLING_FIELDS or value != FIELDS[name].metadata["before"]}
+        # The interval is hashed as the steps it guides: two spellings that guide the same steps make
+        # the same images, and one that guides what 'all' guides (class any, guidance 0 or 1, or an
+        # interval holding every step) is the job it was before the option existed.
+        if "guidance_interval" in sampling:
+            del sampling["guidance_interval"]
+            guided = self.sampling.guided_timesteps()
+            if guided != replace(self.sampling, guidance_interval=ALL_STEPS).guided_timesteps():
+                sampling["guided_timesteps"] = guided
         identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
