@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import ray
 
 from novarch_batch.pipeline import cluster, manifest
-from novarch_batch.pipeline.lease import EXCLUSIVE_PREFIX, JobBusy, Lease
+from novarch_batch.pipeline.lease import ExclusiveLease, JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
@@ -63,7 +63,6 @@ class JobReport:
         return asdict(self)
 
 
-
 def shard_task(spec: JobSpec, job_url: str, shard: Shard, created_at: str) -> ShardTask:
     return ShardTask(
         job_id=spec.job_id, job_url=job_url, shard=shard.index, start=shard.start, stop=shard.stop,
@@ -92,7 +91,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         progress.note(f"{root.url}: this store ignores conditional writes (If-None-Match); the job's lease is best effort")
     with contextlib.ExitStack() as held:
         if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
-            held.enter_context(Lease(root, conditional, key=EXCLUSIVE_PREFIX + spec.run.exclusive, holder={"job_url": job_url}))
+            held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
         lease = held.enter_context(Lease(job, conditional=conditional))
         created_at = manifest.prepare_job(job, spec)
         return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional)

@@ -49,10 +49,11 @@ class Lease:
     two drivers, exactly one wins each step. A store that ignores conditional writes gets the
     old best-effort protocol (write, pause, read back), and the job report says so."""
 
-    def __init__(self, job: Storage, conditional: bool = True, *, key: str = LEASE_KEY, holder: dict | None = None):
-        """`key` and `holder` (facts about this driver's job, e.g. its id) serve the --exclusive lease."""
-        self.job, self.conditional, self.key = job, conditional, key
-        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), **(holder or {})}
+    key = LEASE_KEY
+
+    def __init__(self, job: Storage, conditional: bool = True):
+        self.job, self.conditional = job, conditional
+        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.version: str | None = None
         self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
         self._stop = threading.Event()
@@ -62,14 +63,6 @@ class Lease:
         return json.dumps({**self.owner, "heartbeat": time.time()}).encode()
 
     def _busy(self, current: dict) -> JobBusy:
-        if self.key != LEASE_KEY:
-            name = self.key.removeprefix(EXCLUSIVE_PREFIX)
-            running = current.get("job_url", "another job")
-            return JobBusy(
-                f"--exclusive {name}: {running} is still running under {self.job.url} (pid {current.get('pid')} on "
-                f"{current.get('host')}), and jobs with --exclusive {name} run one at a time; nothing was written. "
-                f"Wait for it (`novarch-batch status {running}`) or stop it, then re-run"
-            )
         return JobBusy(
             f"{self.job.url} is being run by another driver (pid {current.get('pid')} on {current.get('host')}); "
             f"wait for it (`novarch-batch status {self.job.url}`) or stop it, then re-run"
@@ -154,3 +147,20 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class ExclusiveLease(Lease):
+    """`--exclusive NAME`: the same lease at <out>/_LEASE.NAME, naming the job that holds it."""
+
+    def __init__(self, root: Storage, conditional: bool, name: str, job_url: str):
+        super().__init__(root, conditional)
+        self.key, self.name = EXCLUSIVE_PREFIX + name, name
+        self.owner["job_url"] = job_url
+
+    def _busy(self, current: dict) -> JobBusy:
+        running = current.get("job_url", "another job")
+        return JobBusy(
+            f"--exclusive {self.name}: {running} is still running under {self.job.url} (pid {current.get('pid')} on "
+            f"{current.get('host')}), and jobs with --exclusive {self.name} run one at a time; nothing was written. "
+            f"Wait for it (`novarch-batch status {running}`) or stop it, then re-run"
+        )
