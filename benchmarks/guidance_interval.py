@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import click
 import numpy as np
@@ -43,8 +44,7 @@ def main(settings, classes, count, batch, threads, out):
     rows = []
     for base in map(parse_setting, settings.split(",")):
         for class_name in classes.split(","):
-            sampling = SamplingConfig(class_name=class_name, seed=ROW_SEEDS[class_name], steps=base.steps,
-                                      guidance=base.guidance, guidance_interval=base.guidance_interval)
+            sampling = replace(base, class_name=class_name, seed=ROW_SEEDS[class_name])
             sampling.validate(("building", "house"))
             seeds = [sample_seed(sampling.seed, i) for i in range(count)]
             t0 = time.perf_counter()

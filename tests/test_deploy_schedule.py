@@ -90,7 +90,7 @@ def summary(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])  # the driver's --json line, followed from its log
 
 
-def shard_objects(s3_server, url: str, under: str = "shards/") -> dict[str, str]:
+def objects(s3_server, url: str, under: str = "shards/") -> dict[str, str]:
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
     listing = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{under}")
     return {o["Key"]: f'{o["ETag"]} {o["LastModified"]}' for o in listing.get("Contents", [])}
@@ -135,7 +135,7 @@ def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_s
         overlap = run_schedule(head, s3_url, tmp_path)
     assert overlap.returncode != 0
     assert f"--exclusive nightly: {s3_url}/nightly-19991231 is still running" in overlap.stdout + overlap.stderr
-    assert shard_objects(s3_server, url, under="") == {}
+    assert objects(s3_server, url, under="") == {}
 
     # A driver on the same night that holds only the job's lease (one started without --exclusive):
     # refused by that lease, non-zero, no shard written.
@@ -143,24 +143,24 @@ def test_the_nightly_command_runs_resumes_and_refuses_a_second_driver(head, s3_s
         busy = run_schedule(head, s3_url, tmp_path)
     assert busy.returncode != 0
     assert "being run by another driver" in busy.stdout + busy.stderr
-    assert shard_objects(s3_server, url) == {}
+    assert objects(s3_server, url) == {}
 
     first = summary(run_schedule(head, s3_url, tmp_path))
     assert first["url"] == url and first["complete"] and first["images_sampled"] == 16
-    assert shard_objects(s3_server, s3_url, under="_LEASE") == {}  # both leases released: the next night may run
+    assert objects(s3_server, s3_url, under="_LEASE") == {}  # both leases released: the next night may run
 
     s3 = s3_server.env()
     checked = cli("verify", url, "--json", "--full", env=s3, home=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     report = json.loads(checked.stdout)
     assert report["ok"] and report["rows"] == 16 and report["shards"] == 2
-    shards = shard_objects(s3_server, url)
+    shards = objects(s3_server, url)
     assert len(shards) == 2
 
     # A retried night: the same job id from the same date; the job is complete, so it writes nothing.
     again = summary(run_schedule(head, s3_url, tmp_path))
     assert again["url"] == url and again["complete"] and again["already_complete"] and again["images_sampled"] == 0
-    assert shard_objects(s3_server, url) == shards
+    assert objects(s3_server, url) == shards
 
     status = cli("status", url, "--json", env=s3, home=tmp_path)
     assert status.returncode == 0 and json.loads(status.stdout)["complete"] is True
