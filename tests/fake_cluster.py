@@ -33,6 +33,7 @@ class FakeCluster:
     temp_dir: str
     config: Path
     head_pgid: int
+    metrics_port: int  # the head's Prometheus metrics (/metrics)
 
     def node_pids(self, node_id: str) -> list[int]:
         """The processes of one fake worker node: its raylet and the workers it started (actors), as a
@@ -102,11 +103,13 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
     temp_dir = tempfile.mkdtemp(prefix="nvf", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     config = Path(temp_dir) / "cluster.yaml"
     config.write_text(yaml.safe_dump(cluster_config(gcs_address, worker_resources, max_workers, idle_minutes)))
+    metrics_port = free_port()
     head_env = {**env, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     head_env.pop("RAY_ADDRESS", None)
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=0", f"--port={port}", "--node-ip-address=127.0.0.1",
            f"--autoscaling-config={config}", f"--temp-dir={temp_dir}", "--disable-usage-stats", "--include-dashboard=false",
-           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+           f"--metrics-export-port={metrics_port}",
+           *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                      "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
                                                      "object-manager-port")]]
     head = subprocess.Popen(cmd, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -117,7 +120,7 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
         # a driver that connects then fails to reach the cluster.
         wait_for(lambda: any("raylet" in argv and temp_dir in argv for _, argv in _processes()) and _listening(port), 60,
                  "the head's raylet and GCS", interval=0.5)
-        yield FakeCluster(gcs_address, temp_dir, config, head.pid)
+        yield FakeCluster(gcs_address, temp_dir, config, head.pid, metrics_port)
     finally:
         _stop(head, temp_dir)
 

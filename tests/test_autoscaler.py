@@ -19,6 +19,7 @@ import pytest
 from novarch_batch.pipeline.verify import verify
 from tests.fake_cluster import fake_cluster
 from tests.procs import wait_for
+from tests.ray_head import job_counters
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
@@ -93,6 +94,10 @@ def test_a_lost_node_costs_no_attempt_and_the_pool_regrows(gpu_cluster, tmp_path
           f"actors ready at {report['actor_ready_seconds']} s; recovery {report['recovery_seconds']} s")
     assert ids(tmp_path / "node-loss") == list(range(960))  # none lost, none twice
     assert verify(str(tmp_path / "node-loss"), full=True).ok
+    # What the cluster's Prometheus sees: the preemption counted, no shard retry (a zero is never sent).
+    expected = {"ray_novarch_images_total": 960.0, "ray_novarch_shards_committed_total": 120.0,
+                "ray_novarch_preemptions_total": float(report["preemptions"])}
+    wait_for(lambda: job_counters(gpu_cluster.metrics_port, "node-loss") == expected, 30, f"the head's metrics to read {expected}")
 
 
 def test_actors_that_cannot_start_fail_the_job_with_their_own_error(gpu_cluster, tmp_path):

@@ -16,6 +16,7 @@ from novarch_batch.pipeline import driver
 from novarch_batch.pipeline.spec import build_spec
 from novarch_batch.pipeline.verify import verify
 from tests.procs import pids_with_title, sigkill, wait_for
+from tests.ray_head import job_counters
 from novarch_batch.workers.tasks import FAULT_ENV
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
@@ -75,6 +76,10 @@ def test_failing_shard_stops_job_and_rerun_resumes(ray_local, tmp_path, monkeypa
     report = driver.run(spec)
     assert report.shards_sampled == 5 - len(committed) and report.shards_skipped == len(committed)
     assert verify(str(job_dir), full=True).ok
+    # Prometheus sees both runs of the job added up: shard 2's two retries, then every image once.
+    metrics_port = ray_local.nodes()[0]["MetricsExportPort"]
+    expected = {"ray_novarch_images_total": 40.0, "ray_novarch_shards_committed_total": 5.0, "ray_novarch_shard_retries_total": 2.0}
+    wait_for(lambda: job_counters(metrics_port, spec.job_id) == expected, 30, f"the local Ray's metrics to read {expected}")
 
 
 def submit_cmd(out: Path, *extra: str) -> list[str]:

@@ -17,18 +17,25 @@ import pytest
 
 from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import open_storage
-from tests.ray_head import free_port, ray_head
+from tests.procs import wait_for
+from tests.ray_head import free_port, job_counters, ray_head
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
 
 @pytest.fixture(scope="module")
-def head(s3_server):
+def metrics_port() -> int:
+    """Where the head serves its Prometheus metrics, as a cluster's Prometheus would scrape them."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def head(s3_server, metrics_port):
     s3 = s3_server.env()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS"))}
     env.update(AWS_ACCESS_KEY_ID=s3["AWS_ACCESS_KEY_ID"], AWS_SECRET_ACCESS_KEY=s3["AWS_SECRET_ACCESS_KEY"],
                AWS_EC2_METADATA_DISABLED="true", NOVARCH_FORCE_DEVICE="cpu")
-    with ray_head(env, num_cpus=2, num_gpus=1) as address:
+    with ray_head(env, num_cpus=2, num_gpus=1, metrics_port=metrics_port) as address:
         yield address
 
 
@@ -46,7 +53,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.C
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_submit_wait_and_verify(head, laptop_env, s3_url, s3_server):
+def test_submit_wait_and_verify(head, metrics_port, laptop_env, s3_url, s3_server):
     done = run_cli(laptop_env, "submit", "--count", "24", "--steps", "2", "--shard-size", "8", "--out", s3_url, "--cluster", head, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])  # the job driver's --json line, streamed from its log
@@ -54,6 +61,8 @@ def test_submit_wait_and_verify(head, laptop_env, s3_url, s3_server):
     assert summary["actors"] == "1 GPU actor(s), one GPU each"
     result = verify(summary["url"], full=True)
     assert result.ok and result.rows == 24, result.problems
+    expected = {"ray_novarch_images_total": 24.0, "ray_novarch_shards_committed_total": 3.0}  # no retry, no preemption: not counted
+    wait_for(lambda: job_counters(metrics_port, summary["job_id"]) == expected, 30, f"the head's Prometheus metrics to read {expected}")
 
     listing = run_cli(laptop_env, "jobs", "list", "--cluster", head)
     assert listing.returncode == 0 and "SUCCEEDED" in listing.stdout
