@@ -24,16 +24,19 @@ from novarch_batch.workers.spec import SamplingConfig
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
 @click.option("--guidance", default=SamplingConfig.guidance, show_default=True)
 @click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True)
+@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
+              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
 @click.option("--batch", default=500, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="benchmarks/results/model_card.json", show_default=True)
-def main(count, sampler, steps, guidance, guidance_interval, batch, device, out):
+def main(count, sampler, steps, guidance, guidance_interval, final_timestep, batch, device, out):
     torch.set_num_threads(torch.get_num_threads())
     generator = ImageGenerator(default_model_dir(), device)
-    sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval)
+    sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval,
+                              final_timestep=final_timestep)
     results = score_model(generator, sampling, count, batch, judge=load_judge(), echo=print)
     save({"machine": machine(), "device": str(generator.device), "sampler": sampler, "steps": steps, "guidance": guidance,
-          "guidance_interval": guidance_interval, "results": results}, out)
+          "guidance_interval": guidance_interval, "final_timestep": final_timestep, "results": results}, out)
 
 
 if __name__ == "__main__":

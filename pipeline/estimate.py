@@ -30,7 +30,7 @@ def estimate(spec: JobSpec) -> dict:
     s = spec.sampling
     n = min(CALIBRATION_IMAGES, spec.run.batch_size, spec.count)
     seeds = [sample_seed(s.seed, i) for i in range(n)]
-    generator.images(seeds[:2], replace(s, steps=2, guidance_interval="999-999"))  # warm-up: t = 999 guided (2B), 499 not (B)
+    generator.images(seeds[:2], replace(s, steps=2, guidance_interval="999-999"))  # warm-up: t = 999 guided (2B), the last step not (B)
     t0 = time.perf_counter()
     generator.images(seeds, s)
     per_actor = n / (time.perf_counter() - t0)
@@ -42,9 +42,16 @@ def estimate(spec: JobSpec) -> dict:
         "images": spec.count,
         "shards": f"{spec.num_shards} of {spec.output.shard_size} images",
         "actors": f"{actors} x {'1 GPU' if gpus else f'{threads} CPU thread(s)'} on this machine",
-        "sampler": f"{s.sampler}, {s.steps} steps, guidance {s.guidance} at timesteps {s.guidance_interval}, class {s.class_name}",
+        "sampler": f"{s.sampler}, {s.steps} steps from t = {_grid(s.timesteps())}, guidance {s.guidance} at timesteps "
+                   f"{s.guidance_interval}, class {s.class_name}",
         "network_evaluations_per_image": s.network_evaluations(),
         "calibrated_images_per_second": round(rate, 2),
         "estimated_minutes": round(spec.count / rate / 60, 1),
         "note": "calibrated on this machine; a cluster's GPUs are faster (see BENCHMARKS.md)",
     }
+
+
+def _grid(timesteps: list[int]) -> str:
+    """The step grid as a reader takes it in: every timestep up to 12, else the first three and last two."""
+    shown = timesteps if len(timesteps) <= 12 else [*timesteps[:3], "...", *timesteps[-2:]]
+    return ", ".join(map(str, shown))

@@ -17,6 +17,7 @@ from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: 
     SHIPPED_MODEL,
     SHIPPED_MODELS,
     SHIPPED_STUDENT,
+    TRAILING_GRID,
     JobSpec,
     OutputConfig,
     RunConfig,
@@ -102,7 +103,11 @@ def student_sampling(sampling: SamplingConfig, info, model: str, given: dict) ->
     if given.get("guidance_interval", ALL_STEPS) != ALL_STEPS:
         raise SpecError("--guidance-interval does not apply to --sampler distilled (its guidance is folded into the "
                         "student); drop it, or choose another --sampler")
-    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS)
+    if given.get("final_timestep", TRAILING_GRID) != TRAILING_GRID:
+        raise SpecError("--final-timestep does not apply to --sampler distilled (the student samples the grid it was "
+                        "distilled on); drop it, or choose another --sampler")
+    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS,
+                   final_timestep=TRAILING_GRID)
 
 
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:

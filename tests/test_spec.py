@@ -122,11 +122,36 @@ def test_guidance_interval_counts_only_its_steps_and_is_hashed_unless_all(tmp_pa
     assert build_spec(count=8, out=str(tmp_path), sampler="distilled").sampling.guidance_interval == "all"
 
 
-def test_bad_guidance_interval_is_one_line_exit_2_nothing_written(tmp_path):
+def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_path):
+    job = dict(count=8, out=str(tmp_path))
+    default = build_spec(**job)
+    assert default.sampling.timesteps() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 15]
+    assert default.identity()["sampling"]["timesteps"] == default.sampling.timesteps()  # it samples differently from before
+    trailing = build_spec(**job, final_timestep=999)
+    assert trailing.sampling.timesteps()[-1] == 99 and "timesteps" not in trailing.identity()["sampling"]
+    assert "final_timestep" not in trailing.identity()["sampling"] and trailing.spec_hash() != default.spec_hash()
+    # spellings that leave the grid as it was are the job it was: 99 at 10 steps, anything at 1,000 steps, one step
+    assert build_spec(**job, final_timestep=99).spec_hash() == trailing.spec_hash()
+    assert build_spec(**job, steps=1000, sampler="ddpm").spec_hash() == build_spec(**job, steps=1000, sampler="ddpm", final_timestep=999).spec_hash()
+    assert build_spec(**job, steps=1).sampling.timesteps() == [999]  # a single step starts from pure noise
+    assert build_spec(**job, steps=16, final_timestep=40).sampling.timesteps()[-2:] == [124, 40]
+    for bad in (-1, 1000):
+        with pytest.raises(SpecError, match=rf"--final-timestep must be a timestep from 0 to 999 .*got {bad}"):
+            build_spec(**job, final_timestep=bad)
+    with pytest.raises(SpecError, match="--final-timestep does not apply to --sampler distilled"):
+        build_spec(**job, sampler="distilled", final_timestep=30)
+    student = build_spec(**job, sampler="distilled").sampling
+    assert student.final_timestep == 999 and student.timesteps() == [999, 749, 499, 249]  # the grid it was distilled on
+
+
+def test_bad_guidance_interval_or_final_timestep_is_one_line_exit_2_nothing_written(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--guidance-interval", "900-100"])
     assert result.exit_code == 2
     assert "--guidance-interval must be 'all' or LO-HI" in result.output and not out.exists()
+    result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--final-timestep", "1000"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.strip().splitlines()[-1].endswith("--final-timestep must be a timestep from 0 to 999 (999 = the plain trailing grid), got 1000")
 
 
 def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):

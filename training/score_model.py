@@ -59,14 +59,17 @@ def score_model(generator: ImageGenerator, sampling: SamplingConfig, count: int,
 @click.option("--guidance", default=SamplingConfig.guidance, show_default=True, type=float)
 @click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True,
               help="Guided timesteps, as submit's flag ('all': every step).")
+@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
+              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--batch", default=500, show_default=True, type=int, help="Micro-batch (images per network call).")
 @click.option("--device", default="cpu", show_default=True, help="Where the UNet runs: cpu or cuda.")
 @click.option("--out", default=None, help="Folder for scores.json and one preview grid per row.")
-def main(folder, count, sampler, steps, guidance, guidance_interval, threads, batch, device, out):
+def main(folder, count, sampler, steps, guidance, guidance_interval, final_timestep, threads, batch, device, out):
     """Score FOLDER for building, house and any."""
     torch.set_num_threads(threads)
-    sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval)
+    sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval,
+                              final_timestep=final_timestep)
     sampling.validate(("building", "house"))
     generator = ImageGenerator(folder, device)
     results = score_model(generator, sampling, count, batch, grids=Path(out) if out else None, echo=click.echo)

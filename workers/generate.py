@@ -17,7 +17,7 @@ from novarch_batch.workers.model import ModelInfo, load_unet, make_denoiser
 from novarch_batch.workers.samplers import SAMPLERS, Callback, Schedule
 from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.seeds import GeneratorNoise, NoiseSource, PredrawnNoise, make_generators
-from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig, parse_interval, trailing_timesteps
+from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig, parse_interval
 
 # Threads that draw the next micro-batch's noise while the GPU samples this one. One CPU thread
 # draws ~70,000 per-sample draws/s and two scale to ~2x (BENCHMARKS.md, per-sample noise); the
@@ -80,7 +80,7 @@ class ImageGenerator:
         """(B, C, H, W) float32 in [-1, 1] for the given per-sample seeds; callback(i, x_t, x0) sees every step.
 
         `noise` is the seeds' own streams when the caller started them early (``stream``).
-        `timesteps` replaces the trailing grid for experiments (benchmarks/spacing.py); jobs never pass it.
+        `timesteps` replaces the sampling's grid for experiments (benchmarks/spacing.py); jobs never pass it.
         """
         noise = noise or self.noise_for(seeds, sampling)
         x = noise.draw(self.shape, self.device)  # (B, C, H, W) float32
@@ -88,7 +88,7 @@ class ImageGenerator:
         # a distilled student carries its guidance in its weights: one pass per step, as it was trained
         guidance = 1.0 if sampling.sampler == DISTILLED else sampling.guidance
         denoise = make_denoiser(self.unet, labels, self.info.null_label, guidance, parse_interval(sampling.guidance_interval))
-        timesteps = timesteps or trailing_timesteps(len(self.alphas_cumprod), sampling.steps)
+        timesteps = timesteps or sampling.timesteps(len(self.alphas_cumprod))
         schedule = Schedule(self.alphas_cumprod, timesteps, self.clip_sample, self.prediction_type)
         sampler = SAMPLERS[sampling.sampler]
         return sampler(denoise, x, schedule, noise=noise, callback=callback, **sampling.sampler_kwargs())

@@ -38,6 +38,12 @@ ALL_STEPS = "all"  # --guidance-interval: guidance at every step
 # 2024): on the 10-step trailing grid it guides t = 899, 799, 699. Measured in MODEL.md
 # ("Guidance in an interval"): the purity and FD of guidance at every step, 13 evaluations for 20.
 DEFAULT_GUIDANCE_INTERVAL = "650-950"
+# The image is the last step's clean-image estimate. From the trailing grid's last timestep (99 of
+# 10 steps) that estimate is the mean of every image the remaining noise allows, a softened one
+# (thin window bars blur); from t = 15 it is nearly a sample. Measured in MODEL.md ("The last step"):
+# FD to the floor 33 -> 11 for building, 27 -> 15 for house, 8.7 -> 3.5 for any, at no extra cost.
+DEFAULT_FINAL_TIMESTEP = 15
+TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last step: the trailing grid as before
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
 # PNG encoder processes per GPU, shared by its actors. One process encodes ~15,000 32x32 images/s
@@ -106,7 +112,7 @@ class SamplingConfig:
                              "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
                              flag="--class", metavar="CLASS", column="class_label")
     sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality at guidance 2 "
-                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 13 for a class (10 for any), purity 0.97-0.98, FD 9-33x the floor; "
+                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 13 for a class (10 for any), purity 0.98-0.99, FD 3.5-15x the floor; "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
@@ -119,6 +125,12 @@ class SamplingConfig:
                                     "throughout). 'all' = every step. The default guides 3 of 10 steps: 13 evaluations "
                                     "per image, not 20, at the same quality (MODEL.md).",
                                     metavar="LO-HI|all", before=ALL_STEPS)
+    final_timestep: int = option(DEFAULT_FINAL_TIMESTEP, "The last step starts from timestep T at most: the trailing "
+                                 "grid (999, 899, ... 99 at 10 steps) with its last timestep lowered to T. The image is "
+                                 "that step's clean-image estimate, softened from t = 99, sharp from t = 15: FD to the "
+                                 "floor 33 -> 11 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
+                                 f"{TRAILING_GRID} = the plain trailing grid; --sampler distilled keeps the student's grid.",
+                                 metavar="T", before=TRAILING_GRID)
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
 
@@ -135,6 +147,11 @@ class SamplingConfig:
         parse_interval(self.guidance_interval)
         _check(self.sampler != DISTILLED or self.guidance_interval in (ALL_STEPS, DEFAULT_GUIDANCE_INTERVAL),
                "--guidance-interval does not apply to --sampler distilled (its guidance is folded into the student); drop it")
+        _check(isinstance(self.final_timestep, int) and 0 <= self.final_timestep <= TRAILING_GRID,
+               f"--final-timestep must be a timestep from 0 to {TRAILING_GRID} ({TRAILING_GRID} = the plain trailing grid), "
+               f"got {self.final_timestep}")
+        _check(self.sampler != DISTILLED or self.final_timestep in (TRAILING_GRID, DEFAULT_FINAL_TIMESTEP),
+               "--final-timestep does not apply to --sampler distilled (the student samples the grid it was distilled on); drop it")
         _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         defaults = SamplingConfig()
         for name in OPTIONAL_FIELDS:
@@ -143,6 +160,14 @@ class SamplingConfig:
                 raise SpecError(f"{flag_name(FIELDS[name])} is used by --sampler {' or '.join(users)} only, not {self.sampler}; "
                                 f"drop it or choose that sampler")
 
+    def timesteps(self, num_train_timesteps: int = MAX_STEPS) -> list[int]:
+        """The timesteps the sampler steps from: the trailing grid with its last one lowered to
+        --final-timestep (a single step stays at pure noise; a distilled student keeps its grid)."""
+        grid = trailing_timesteps(num_train_timesteps, self.steps)
+        if self.sampler != DISTILLED and len(grid) > 1:
+            grid[-1] = min(grid[-1], self.final_timestep)
+        return grid
+
     def guided_timesteps(self) -> list[int]:
         """The steps' timesteps that take classifier-free guidance (two network evaluations each, in one
         batched pass of both branches): none for unconditional rows, g = 0 or 1, or a distilled student
@@ -150,7 +175,7 @@ class SamplingConfig:
         if self.guidance in (0.0, 1.0) or self.class_name == ANY_CLASS or self.sampler == DISTILLED:
             return []
         interval = parse_interval(self.guidance_interval)
-        grid = trailing_timesteps(MAX_STEPS, self.steps)
+        grid = self.timesteps()
         return grid if interval is None else [t for t in grid if interval[0] <= t <= interval[1]]
 
     def network_evaluations(self) -> int:
@@ -276,6 +301,13 @@ class JobSpec:
             guided = self.sampling.guided_timesteps()
             if guided != replace(self.sampling, guidance_interval=ALL_STEPS).guided_timesteps():
                 sampling["guided_timesteps"] = guided
+        # Likewise the final timestep as the grid it makes: one at or above the grid's own last step
+        # (e.g. 99 or 999 at 10 steps, anything at 1,000) samples the trailing grid as before.
+        if "final_timestep" in sampling:
+            del sampling["final_timestep"]
+            grid = self.sampling.timesteps()
+            if grid != replace(self.sampling, final_timestep=TRAILING_GRID).timesteps():
+                sampling["timesteps"] = grid
         identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
