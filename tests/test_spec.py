@@ -122,6 +122,16 @@ def test_guidance_interval_counts_only_its_steps_and_is_hashed_unless_all(tmp_pa
     assert build_spec(count=8, out=str(tmp_path), sampler="distilled").sampling.guidance_interval == "all"
 
 
+def test_every_step_count_has_its_own_number_of_distinct_timesteps_from_pure_noise():
+    from novarch_batch.workers.spec import trailing_timesteps
+
+    for steps in range(1, 1001):  # 61 steps once ended in t = -1, one step too many
+        grid = SamplingConfig(steps=steps).timesteps()
+        assert len(grid) == steps and grid[0] == 999 and grid[-1] >= 0, steps
+        assert all(a > b for a, b in zip(grid, grid[1:])), steps
+        assert grid[:-1] == trailing_timesteps(1000, steps)[:-1]
+
+
 def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_path):
     job = dict(count=8, out=str(tmp_path))
     default = build_spec(**job)
