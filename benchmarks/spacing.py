@@ -60,8 +60,9 @@ def main(rhos, sampler, steps, guidance_interval, finals, count, batch, threads,
             t0 = time.perf_counter()
             images = np.concatenate([generator.images(seeds[i:i + batch], sampling, timesteps) for i in range(0, count, batch)])
             m = evaluate_images(images, class_name)
-            rows.append({"rho": rho, "final_timestep": final, "timesteps": timesteps, "guidance_interval": guidance_interval, "class": class_name, "purity": m["purity"],
-                         "accuracy": m["conditional_accuracy"], "fd_ratio": m["fd_ratio"], "seconds": round(time.perf_counter() - t0)})
+            rows.append({"rho": rho, "final_timestep": final, "timesteps": timesteps, "guidance_interval": guidance_interval,
+                         "class": class_name, "purity": m["purity"], "accuracy": m["conditional_accuracy"],
+                         "fd_ratio": m["fd_ratio"], "seconds": round(time.perf_counter() - t0)})
             click.echo(json.dumps(rows[-1]))
     save({"machine": machine(), "sampler": sampler, "steps": steps, "guidance_interval": guidance_interval, "count": count,
           "rows": rows}, out)

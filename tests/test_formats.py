@@ -20,7 +20,7 @@ from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import open_storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.encode import encode_png
-from novarch_batch.workers.spec import OUTPUT_FORMATS, JobSpec, OutputConfig, SpecError
+from novarch_batch.workers.spec import OUTPUT_FORMATS, TRAILING_GRID, JobSpec, OutputConfig, SamplingConfig, SpecError
 from novarch_batch.workers.writers import WRITERS
 from tests.format_jobs import COUNT, SHARD_SIZE, copy_job, s3_format_jobs
 
@@ -104,9 +104,11 @@ def test_row_groups_are_sized_by_bytes():
 
 
 def test_job_ids_of_files_and_parquet_jobs_are_those_of_embed_images():
-    """Hashes computed by the code before --format, where OutputConfig had embed_images."""
+    """Hashes computed by the code before --format, where OutputConfig had embed_images (and the
+    sampling was that of then: the plain trailing grid, before --final-timestep)."""
     def spec(fmt):
-        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, output=OutputConfig(shard_size=64, format=fmt))
+        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, sampling=SamplingConfig(final_timestep=TRAILING_GRID),
+                       output=OutputConfig(shard_size=64, format=fmt))
 
     assert spec("files").spec_hash() == "1c0042503964c0c9bbf98962621841b1fccf0c225a6ba6adb54f3dcf6cd9dd2d"
     assert spec("parquet").spec_hash() == "02641a6d43192d83b092fab4fbb3dc2651436345220ebba4340fd49f4e439cb4"
