@@ -3,7 +3,7 @@
     python -m benchmarks.few_step --count 256 --repeats 5 --threads 2 --out benchmarks/results/few_step-cpu.json
 
 Each repeat samples the same `count` images (one class per repeat, building and house in turn) with
-the default sampler (dpmpp-2m-sde, 10 steps, guidance 2 in the default interval: 13 network
+the default sampler (dpmpp-2m-sde, 10 steps, guidance in the default interval: 13 network
 evaluations per image), the same with guidance at every step (20: the default when the student was
 made), and `--sampler distilled` (the shipped student, 4 evaluations), alternating so all see the
 same machine state. Sampling only, through ImageGenerator (submit's own path); model loading excluded.

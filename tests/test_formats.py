@@ -105,10 +105,10 @@ def test_row_groups_are_sized_by_bytes():
 
 def test_job_ids_of_files_and_parquet_jobs_are_those_of_embed_images():
     """Hashes computed by the code before --format, where OutputConfig had embed_images (and the
-    sampling was that of then: the plain trailing grid, before --final-timestep)."""
+    sampling defaults were those of then: guidance 2 on the plain trailing grid)."""
     def spec(fmt):
-        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, sampling=SamplingConfig(final_timestep=TRAILING_GRID),
-                       output=OutputConfig(shard_size=64, format=fmt))
+        then = SamplingConfig(guidance=2.0, final_timestep=TRAILING_GRID)
+        return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, sampling=then, output=OutputConfig(shard_size=64, format=fmt))
 
     assert spec("files").spec_hash() == "1c0042503964c0c9bbf98962621841b1fccf0c225a6ba6adb54f3dcf6cd9dd2d"
     assert spec("parquet").spec_hash() == "02641a6d43192d83b092fab4fbb3dc2651436345220ebba4340fd49f4e439cb4"

@@ -129,13 +129,13 @@ def test_a_jobs_grid_with_its_final_timestep_matches_diffusers(name, unet, info)
     from dataclasses import replace
 
     from novarch_batch.workers.generate import ImageGenerator
-    from novarch_batch.workers.spec import SamplingConfig
+    from novarch_batch.workers.spec import DEFAULT_FINAL_TIMESTEP, SamplingConfig
 
     sampling = replace(SamplingConfig(), sampler=name, class_name="house", guidance_interval="all")
     grid = sampling.timesteps()
-    assert grid == [*trailing_timesteps(1000, STEPS)[:-1], 15]
+    assert grid == [*trailing_timesteps(1000, STEPS)[:-1], DEFAULT_FINAL_TIMESTEP]
     ours = ImageGenerator(default_model_dir(), "cpu").sample(SEEDS, sampling)
-    ref = run_diffusers(name, unet, info, SEEDS, [1, 1, 1], timesteps=grid)
+    ref = run_diffusers(name, unet, info, SEEDS, [1, 1, 1], guidance=sampling.guidance, timesteps=grid)
     rel = (ours - ref).norm() / ref.norm()
     assert rel < 1e-4, f"{name}: relative error {rel:.2e}"
 
@@ -189,7 +189,7 @@ def test_guidance_interval_guides_only_its_timesteps(unet, info):
         for t, inside in ((999, False), (951, False), (950, True), (700, True), (650, True), (649, False), (99, False)):
             assert torch.equal(limited(x, t), guided(x, t) if inside else conditional(x, t)), t
     generator = ImageGenerator(default_model_dir(), "cpu")
-    sampling = SamplingConfig(class_name="house", steps=3, seed=1)  # timesteps 999, 666, 15
+    sampling = SamplingConfig(class_name="house", steps=3, seed=1)  # timesteps 999, 666, 8
     rows: list[int] = []  # images per network call: what a step really costs
     hook = generator.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     images = {}

@@ -135,7 +135,7 @@ def test_every_step_count_has_its_own_number_of_distinct_timesteps_from_pure_noi
 def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_path):
     job = dict(count=8, out=str(tmp_path))
     default = build_spec(**job)
-    assert default.sampling.timesteps() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 15]
+    assert default.sampling.timesteps() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 8]
     assert default.identity()["sampling"]["timesteps"] == default.sampling.timesteps()  # it samples differently from before
     trailing = build_spec(**job, final_timestep=999)
     assert trailing.sampling.timesteps()[-1] == 99 and "timesteps" not in trailing.identity()["sampling"]

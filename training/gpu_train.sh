@@ -30,13 +30,13 @@ train() {  # name, then train flags
 
 score() {  # name: the three sampler settings one after another, 1,000 images per row each
   local name=$1
-  # the default at submit's guidance interval; the deterministic solver and the reference guided at
-  # every step, as MODEL.md's tables compare them
-  for setting in "dpmpp-2m-sde 10 650-950" "dpmpp-2m 10 all" "ddpm $REFERENCE_STEPS all"; do
+  # the default at submit's guidance and interval; the deterministic solver and the reference at
+  # guidance 2 at every step, as MODEL.md's tables compare them (each at submit's --final-timestep)
+  for setting in "dpmpp-2m-sde 10 650-950 1.5" "dpmpp-2m 10 all 2" "ddpm $REFERENCE_STEPS all 2"; do
     set -- $setting
-    echo "== $name: $1 $2 steps, guidance interval $3"
+    echo "== $name: $1 $2 steps, guidance $4 in $3"
     $PY -m novarch_batch.training.score_model "$WORK/$name" --count "$COUNT" --sampler "$1" --steps "$2" \
-      --guidance 2 --guidance-interval "$3" --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores-$name/$1-$2" | sed "s/^/$name $1-$2 /"
+      --guidance "$4" --guidance-interval "$3" --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores-$name/$1-$2" | sed "s/^/$name $1-$2 /"
   done
 }
 

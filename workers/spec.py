@@ -40,9 +40,10 @@ ALL_STEPS = "all"  # --guidance-interval: guidance at every step
 DEFAULT_GUIDANCE_INTERVAL = "650-950"
 # The image is the last step's clean-image estimate. From the trailing grid's last timestep (99 of
 # 10 steps) that estimate is the mean of every image the remaining noise allows, a softened one
-# (thin window bars blur); from t = 15 it is nearly a sample. Measured in MODEL.md ("The last step"):
-# FD to the floor 33 -> 11 for building, 27 -> 15 for house, 8.7 -> 3.5 for any, at no extra cost.
-DEFAULT_FINAL_TIMESTEP = 15
+# (thin window bars blur); from t <= 15 it is nearly a sample. Measured in MODEL.md ("The last step"):
+# FD to the floor 33 -> 10 for building, 27 -> 15 for house, 8.7 -> 4.7 for any at guidance 2, at no
+# extra cost; with the default guidance 1.5, 9.5 and 7.3.
+DEFAULT_FINAL_TIMESTEP = 8
 TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last step: the trailing grid as before
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
@@ -115,15 +116,17 @@ class SamplingConfig:
     class_name: str = option(ANY_CLASS, "Requested class: one of the model's classes (the shipped model: building, "
                              "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
                              flag="--class", metavar="CLASS", column="class_label")
-    sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality at guidance 2 "
-                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde 10 steps = 13 for a class (10 for any), purity 0.98-0.99, FD 3.5-15x the floor; "
+    sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality "
+                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps) = 13 for a class (10 for any), "
+                          "purity 0.975-0.993, FD 4.7-9.5x the floor; at guidance 2 on the trailing grid, "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
-                        "distilled: the student's). dpmpp-2m-sde at 16 steps (21 evaluations for a class): building FD "
-                        "11x -> 6.5x the floor, house stays at 15x (MODEL.md).", metavar="K")
-    guidance: float = option(2.0, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional.", metavar="G")
+                        "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
+                        "FD 6.8x / 8.2x the floor for building / house (MODEL.md).", metavar="K")
+    guidance: float = option(1.5, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional. 1.5 against "
+                             "2: house FD 15x -> 7.3x the floor at purity 0.977 (MODEL.md).", metavar="G")
     guidance_interval: str = option(DEFAULT_GUIDANCE_INTERVAL, "Timesteps LO-HI (of 1000; the first step is 999) where "
                                     "--guidance applies; other steps are conditional (--guidance 0: unconditional "
                                     "throughout). 'all' = every step. The default guides 3 of 10 steps: 13 evaluations "
@@ -131,8 +134,8 @@ class SamplingConfig:
                                     metavar="LO-HI|all", before=ALL_STEPS)
     final_timestep: int = option(DEFAULT_FINAL_TIMESTEP, "The last step starts from timestep T at most: the trailing "
                                  "grid (999, 899, ... 99 at 10 steps) with its last timestep lowered to T. The image is "
-                                 "that step's clean-image estimate, softened from t = 99, sharp from t = 15: FD to the "
-                                 "floor 33 -> 11 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
+                                 "that step's clean-image estimate, softened from t = 99, sharp from t <= 15: at guidance 2, "
+                                 "FD to the floor 33 -> 10 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
                                  f"{TRAILING_GRID} = the plain trailing grid; --sampler distilled keeps the student's grid.",
                                  metavar="T", before=TRAILING_GRID)
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
