@@ -57,13 +57,14 @@ def score_perturbations(count: int) -> list[dict]:
 @click.option("--finals", default="999,30,15", show_default=True, help="Comma-separated --final-timestep values.")
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
+@click.option("--guidance", default=SamplingConfig.guidance, show_default=True, help="MODEL.md's sweep: 2.")
 @click.option("--classes", default="building,house,any", show_default=True)
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--perturbations", "perturbed", is_flag=True, help="Score perturbed real images instead (see above).")
 @click.option("--out", default=None)
-def main(finals, sampler, steps, classes, count, batch, threads, perturbed, out):
+def main(finals, sampler, steps, guidance, classes, count, batch, threads, perturbed, out):
     torch.set_num_threads(threads)
     if perturbed:
         save({"machine": machine(), "count": count, "rows": score_perturbations(count)}, out)
@@ -74,7 +75,7 @@ def main(finals, sampler, steps, classes, count, batch, threads, perturbed, out)
     rows = []
     for final in map(int, finals.split(",")):
         for class_name in classes.split(","):
-            base = SamplingConfig(sampler=sampler, steps=steps, final_timestep=final)
+            base = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, final_timestep=final)
             rows.append(score_row(generator, base, class_name, count, batch))
             click.echo(json.dumps(rows[-1]))
     save({"machine": machine(), "count": count, "threads": threads, "real_sharpness": real, "rows": rows}, out)

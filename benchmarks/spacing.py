@@ -36,6 +36,7 @@ def power_timesteps(num_train_timesteps: int, steps: int, rho: float) -> list[in
 @click.option("--rho", "rhos", default="1,0.7", show_default=True, help="Comma-separated exponents.")
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
+@click.option("--guidance", default=2.0, show_default=True, help="The scale of MODEL.md's spacing tables.")
 @click.option("--guidance-interval", default="all", show_default=True,
               help="'all': each grid gets guidance at every step, as MODEL.md's spacing tables were measured.")
 @click.option("--final-timestep", "finals", default="999", show_default=True,
@@ -45,7 +46,7 @@ def power_timesteps(num_train_timesteps: int, steps: int, rho: float) -> list[in
 @click.option("--threads", default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", default=None)
-def main(rhos, sampler, steps, guidance_interval, finals, count, batch, threads, device, out):
+def main(rhos, sampler, steps, guidance, guidance_interval, finals, count, batch, threads, device, out):
     torch.set_num_threads(threads)
     generator = ImageGenerator(default_model_dir(), device)
     rows = []
@@ -55,7 +56,7 @@ def main(rhos, sampler, steps, guidance_interval, finals, count, batch, threads,
         timesteps[-1] = min(timesteps[-1], final)
         for seed, class_name in ((10, "building"), (11, "house")):
             sampling = replace(SamplingConfig(), sampler=sampler, steps=steps, class_name=class_name, seed=seed,
-                               guidance_interval=guidance_interval)
+                               guidance=guidance, guidance_interval=guidance_interval)
             seeds = [sample_seed(seed, i) for i in range(count)]
             t0 = time.perf_counter()
             images = np.concatenate([generator.images(seeds[i:i + batch], sampling, timesteps) for i in range(0, count, batch)])
