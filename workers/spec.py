@@ -120,7 +120,7 @@ class SamplingConfig:
                           "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps) = 13 for a class (10 for any), "
                           "purity 0.975-0.993, FD 4.7-9.5x the floor; at guidance 2 on the trailing grid, "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
-                          "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance folded in; samples the "
+                          "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
                         "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
