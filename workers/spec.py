@@ -210,6 +210,9 @@ class SamplingConfig:
 
 
 FIELDS = {f.name: f for f in fields(SamplingConfig)}
+# field -> (identity key, what it makes): see JobSpec.identity
+HASHED_AS_WHAT_THEY_MAKE = {"guidance_interval": ("guided_timesteps", SamplingConfig.guided_timesteps),
+                            "final_timestep": ("timesteps", SamplingConfig.timesteps)}
 FIRST_SAMPLING_FIELDS = ("class_name", "sampler", "steps", "guidance", "eta", "seed")  # always in the job id, as in schema 1
 OPTIONAL_FIELDS = tuple(sorted({name for used in SAMPLER_OPTIONS.values() for name in used}))
 
@@ -300,21 +303,16 @@ class JobSpec:
         # does not use it, and a default that changes images always changes the id.
         sampling = {name: value for name, value in asdict(self.sampling).items()
                     if name in FIRST_SAMPLING_FIELDS or value != FIELDS[name].metadata["before"]}
-        # The interval is hashed as the steps it guides: two spellings that guide the same steps make
-        # the same images, and one that guides what 'all' guides (class any, guidance 0 or 1, or an
-        # interval holding every step) is the job it was before the option existed.
-        if "guidance_interval" in sampling:
-            del sampling["guidance_interval"]
-            guided = self.sampling.guided_timesteps()
-            if guided != replace(self.sampling, guidance_interval=ALL_STEPS).guided_timesteps():
-                sampling["guided_timesteps"] = guided
-        # Likewise the final timestep as the grid it makes: one at or above the grid's own last step
-        # (e.g. 99 or 999 at 10 steps, anything at 1,000) samples the trailing grid as before.
-        if "final_timestep" in sampling:
-            del sampling["final_timestep"]
-            grid = self.sampling.timesteps()
-            if grid != replace(self.sampling, final_timestep=TRAILING_GRID).timesteps():
-                sampling["timesteps"] = grid
+        # A field whose spellings can sample alike is hashed as what it makes, and only where that
+        # differs from what its `before` value makes: the interval as the steps it guides ('all',
+        # class any, guidance 0 or 1 or an interval holding every step guide alike), the final
+        # timestep as the grid (99 or 999 at 10 steps, anything at 1,000 steps, leave it as it was).
+        for name, (key, made_by) in HASHED_AS_WHAT_THEY_MAKE.items():
+            if name in sampling:
+                del sampling[name]
+                made = made_by(self.sampling)
+                if made != made_by(replace(self.sampling, **{name: FIELDS[name].metadata["before"]})):
+                    sampling[key] = made
         identity = {
             "count": self.count,
             "model_sha256": self.model_sha256,
