@@ -13,6 +13,7 @@ import time
 import click
 import torch
 
+from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
 from novarch_batch.workers.seeds import sample_seed
@@ -25,7 +26,7 @@ from novarch_batch.workers.spec import SHIPPED_MODEL, SamplingConfig
 @click.option("--steps", default=5)
 @click.option("--guidance", default=1.0)
 @click.option("--class", "class_name", default="building")
-@click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True)
+@sampling_option("guidance_interval")
 @click.option("--batch-size", default=64)
 @click.option("--threads", default=2)
 @click.option("--device", default="auto")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, save
+from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
@@ -58,8 +59,7 @@ def sharpness(images: np.ndarray) -> float:
 @click.command()
 @click.option("--settings", default="10:all,16:650-950", show_default=True, help="Comma-separated STEPS:INTERVAL[:GUIDANCE].")
 @click.option("--classes", default="building,house,any", show_default=True)
-@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
-              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
+@sampling_option("final_timestep")
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)

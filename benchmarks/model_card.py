@@ -11,6 +11,7 @@ import click
 import torch
 
 from benchmarks.common import machine, save
+from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.judge import load_judge
 from novarch_batch.training.score_model import score_model
 from novarch_batch.workers.generate import ImageGenerator
@@ -23,9 +24,8 @@ from novarch_batch.workers.spec import SamplingConfig
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
 @click.option("--guidance", default=SamplingConfig.guidance, show_default=True)
-@click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True)
-@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
-              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
+@sampling_option("guidance_interval")
+@sampling_option("final_timestep")
 @click.option("--batch", default=500, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="benchmarks/results/model_card.json", show_default=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine, save
+from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.judge import load_judge
 from novarch_batch.training.score_model import sample_images
@@ -45,10 +46,9 @@ def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
 @click.option("--steps", "steps_list", default="5,10,20,50", show_default=True)
 @click.option("--reference-steps", default=1000, show_default=True, help="DDPM reference; 0 skips it.")
 @click.option("--guidance", default=2.0, show_default=True)
-@click.option("--guidance-interval", default="all", show_default=True,
-              help="Guided timesteps, as submit's flag; 'all' compares the samplers as the BENCHMARKS.md tables do.")
-@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
-              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
+@sampling_option("guidance_interval", default="all",
+                 help="Guided timesteps, as submit's flag; 'all' compares the samplers as the BENCHMARKS.md tables do.")
+@sampling_option("final_timestep")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--batch", default=100, show_default=True, help="Micro-batch (500+ on a GPU).")
 @click.option("--device", default="auto", show_default=True)

@@ -43,6 +43,15 @@ def spec_options(command):
     return command
 
 
+def sampling_option(name: str, **overrides):
+    """One SamplingConfig field as a click option with its dataclass default, for the scripts that
+    sample as `submit` does (quality and benchmark scripts); `overrides` replace click settings."""
+    f = next(f for f in fields(SamplingConfig) if f.name == name)
+    settings = dict(type=_click_type(f, typing.get_type_hints(SamplingConfig)), default=f.default, show_default=True,
+                    metavar=f.metadata.get("metavar"), help=f.metadata["help"])
+    return click.option(flag_name(f), name, **{**settings, **overrides})
+
+
 def spec_fields(values: dict) -> dict:
     """The spec's option values out of a command's keyword arguments (the rest stay with the command)."""
     names = {f.name for config in SPEC_CONFIGS for f in fields(config)}
