@@ -17,7 +17,6 @@ import click
 import numpy as np
 import torch
 
-from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.preview import render_grid
 from novarch_batch.workers.generate import ImageGenerator
@@ -58,8 +57,11 @@ def score_model(generator: ImageGenerator, sampling: SamplingConfig, count: int,
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True, type=int)
 @click.option("--guidance", default=SamplingConfig.guidance, show_default=True, type=float)
-@sampling_option("guidance_interval")
-@sampling_option("final_timestep")
+# (written out here: training sits below pipeline, whose cli_options.sampling_option the benchmarks use)
+@click.option("--guidance-interval", default=SamplingConfig.guidance_interval, show_default=True,
+              help="Guided timesteps, as submit's flag ('all': every step).")
+@click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
+              help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--batch", default=500, show_default=True, type=int, help="Micro-batch (images per network call).")
 @click.option("--device", default="cpu", show_default=True, help="Where the UNet runs: cpu or cuda.")
