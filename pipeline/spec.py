@@ -106,8 +106,11 @@ def student_sampling(sampling: SamplingConfig, info, model: str, given: dict) ->
     if given.get("final_timestep", TRAILING_GRID) != TRAILING_GRID:
         raise SpecError("--final-timestep does not apply to --sampler distilled (the student samples the grid it was "
                         "distilled on); drop it, or choose another --sampler")
+    if given.get("spacing", "trailing") != "trailing":
+        raise SpecError("--spacing does not apply to --sampler distilled (the student samples the grid it was "
+                        "distilled on); drop it, or choose another --sampler")
     return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS,
-                   final_timestep=TRAILING_GRID)
+                   final_timestep=TRAILING_GRID, spacing="trailing")
 
 
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:

@@ -34,7 +34,7 @@ def png(i: int) -> bytes:
 
 def row(i: int, data: bytes) -> dict:
     return {"id": i, "job_id": "j", "shard": 0, "seed": 100 + i, "class_label": "house", "label": 1, "sampler": "ddpm",
-            "steps": 1, "guidance": 1.0, "guidance_interval": "all", "final_timestep": 999, "eta": 0.0, "model": "m", "model_sha256": "0" * 64, "width": 32, "height": 32,
+            "steps": 1, "guidance": 1.0, "guidance_interval": "all", "final_timestep": 999, "spacing": "trailing", "eta": 0.0, "model": "m", "model_sha256": "0" * 64, "width": 32, "height": 32,
             "format": "png", "sha256": hashlib.sha256(data).hexdigest(), "created_at": CREATED}
 
 
@@ -152,7 +152,7 @@ def test_load_dataset_reads_pil_images_and_class_labels(jobs, hf_offline):
 
 def test_embedded_shards_carry_the_version_and_the_hf_metadata(jobs):
     meta = pq.read_schema(jobs["parquet"] / "shards" / "part-00000.parquet").metadata
-    assert meta[shard_format.SCHEMA_VERSION_KEY] == b"4"
+    assert meta[shard_format.SCHEMA_VERSION_KEY] == b"5"
     features = json.loads(meta[b"huggingface"])["info"]["features"]
     assert features["image"] == {"_type": "Image"}
     assert features["label"] == {"names": list(CLASSES), "_type": "ClassLabel"}

@@ -122,18 +122,22 @@ def test_matches_diffusers(name, eta, model):
     assert rel < 1e-4, f"{name}: relative error {rel:.2e}"
 
 
-@pytest.mark.parametrize("name", ["dpmpp-2m-sde", "ddpm"])
-def test_a_jobs_grid_with_its_final_timestep_matches_diffusers(name, unet, info):
-    """A job samples SamplingConfig.timesteps(), the trailing grid with its last step lowered to
-    --final-timestep; diffusers, given that grid, makes the same images."""
+@pytest.mark.parametrize("name,spacing", [("dpmpp-2m-sde", "trailing"), ("ddpm", "trailing"), ("dpmpp-2m", "karras")])
+def test_a_jobs_grid_with_its_final_timestep_matches_diffusers(name, spacing, unet, info):
+    """A job samples SamplingConfig.timesteps(): the trailing grid with its last step lowered to
+    --final-timestep, or the --spacing karras grid ending there; diffusers, given that grid, makes
+    the same images."""
     from dataclasses import replace
 
     from novarch_batch.workers.generate import ImageGenerator
-    from novarch_batch.workers.spec import DEFAULT_FINAL_TIMESTEP, SamplingConfig
+    from novarch_batch.workers.spec import DEFAULT_FINAL_TIMESTEP, SamplingConfig, karras_timesteps
 
-    sampling = replace(SamplingConfig(), sampler=name, class_name="house", guidance_interval="all")
+    sampling = replace(SamplingConfig(), sampler=name, class_name="house", guidance_interval="all", spacing=spacing)
     grid = sampling.timesteps()
-    assert grid == [*trailing_timesteps(1000, STEPS)[:-1], DEFAULT_FINAL_TIMESTEP]
+    if spacing == "karras":
+        assert grid == karras_timesteps(1000, STEPS, DEFAULT_FINAL_TIMESTEP) and grid[:2] == [999, 950]
+    else:
+        assert grid == [*trailing_timesteps(1000, STEPS)[:-1], DEFAULT_FINAL_TIMESTEP]
     ours = ImageGenerator(default_model_dir(), "cpu").sample(SEEDS, sampling)
     ref = run_diffusers(name, unet, info, SEEDS, [1, 1, 1], guidance=sampling.guidance, timesteps=grid)
     rel = (ours - ref).norm() / ref.norm()

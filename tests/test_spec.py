@@ -1,6 +1,7 @@
 """The one spec: its fields make the CLI's options, travel as JSON, and become Parquet columns."""
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 
 import pytest
@@ -9,7 +10,8 @@ from click.testing import CliRunner
 from novarch_batch.pipeline.cli import cli
 from novarch_batch.pipeline.spec import build_spec
 from novarch_batch.workers import shard_format
-from novarch_batch.workers.spec import JobSpec, OutputConfig, RunConfig, SamplingConfig, SpecError, flag_name
+from novarch_batch.workers.spec import (KARRAS_MAX_STEPS, JobSpec, OutputConfig, RunConfig, SamplingConfig, SpecError, flag_name,
+                                        karras_timesteps, novarch_noise_levels)
 
 
 def test_every_sampling_column_is_in_the_parquet_schema():
@@ -152,6 +154,52 @@ def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_
         build_spec(**job, sampler="distilled", final_timestep=30)
     student = build_spec(**job, sampler="distilled").sampling
     assert student.final_timestep == 999 and student.timesteps() == [999, 749, 499, 249]  # the grid it was distilled on
+
+
+def test_karras_spacing_lies_in_sigma_ends_at_the_last_step_and_is_hashed_as_the_grid(tmp_path):
+    job = dict(count=8, out=str(tmp_path), class_name="house")
+    trailing, karras = build_spec(**job), build_spec(**job, spacing="karras")
+    assert karras.sampling.timesteps() == [999, 950, 915, 850, 729, 527, 291, 123, 40, 8]
+    assert karras.identity()["sampling"]["timesteps"] == karras.sampling.timesteps() and "spacing" not in karras.identity()["sampling"]
+    assert trailing.spec_hash() != karras.spec_hash()
+    assert "timesteps" in trailing.identity()["sampling"]  # the default's last step, not its spacing
+    # the guided steps are the grid's inside the interval: one more than the trailing grid's three
+    assert karras.sampling.guided_timesteps() == [950, 915, 850, 729] and karras.sampling.network_evaluations() == 14
+    # one step is pure noise with either spacing: the same job
+    assert build_spec(**job, steps=1, spacing="karras").spec_hash() == build_spec(**job, steps=1).spec_hash()
+    # the last step is the trailing grid's own (99 at 10 steps) when --final-timestep lowers nothing
+    assert build_spec(**job, spacing="karras", final_timestep=999).sampling.timesteps()[-1] == 99
+    sigma = novarch_noise_levels()
+    for steps in range(2, KARRAS_MAX_STEPS + 1):
+        for last in (0, 8, 99):
+            grid = karras_timesteps(1000, steps, last)
+            assert len(grid) == steps and grid[0] == 999 and grid[-1] == last, (steps, last)
+            assert all(a > b for a, b in zip(grid, grid[1:])), (steps, last)
+            # evenly spaced in sigma^(1/7) up to the rounding to a timestep, where nothing collides
+            roots = [sigma[t] ** (1 / 7) for t in grid[1:]]
+            if 3 <= steps <= 20 and last == 8:
+                gaps = [a - b for a, b in zip(roots, roots[1:])]
+                assert max(gaps) < 1.1 * min(gaps) + 0.01, (steps, gaps)
+    with pytest.raises(SpecError, match=rf"--spacing karras spaces at most {KARRAS_MAX_STEPS} steps, got --steps 101"):
+        build_spec(**job, spacing="karras", steps=101)
+    with pytest.raises(SpecError, match="--spacing does not apply to --sampler distilled"):
+        build_spec(**job, sampler="distilled", spacing="karras")
+    with pytest.raises(SpecError, match="--spacing must be one of trailing, karras, got 'cosine'"):
+        build_spec(**job, spacing="cosine")
+
+
+def test_the_spacings_noise_levels_are_those_of_the_shipped_models_schedule():
+    """karras_timesteps spaces sigma of NovArch's schedule computed without torch; the samplers use
+    the float32 alphas diffusers builds from the model's scheduler_config.json."""
+    import torch
+
+    from novarch_batch.workers.model import ModelInfo, default_model_dir
+    from novarch_batch.workers.schedules import alphas_cumprod_for
+
+    abar = alphas_cumprod_for(ModelInfo.read(default_model_dir()).scheduler_config).double()
+    theirs = ((1 - abar[:-1]) / abar[:-1]).sqrt()
+    ours = torch.tensor(novarch_noise_levels()[:-1], dtype=torch.float64)
+    assert float(((ours - theirs).abs() / theirs).max()) < 0.005 and novarch_noise_levels()[-1] == math.inf
 
 
 def test_bad_guidance_interval_or_final_timestep_is_one_line_exit_2_nothing_written(tmp_path):

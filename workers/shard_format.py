@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 
 from novarch_batch.workers.spec import SamplingConfig
 
-SCHEMA_VERSION = "4"
-READABLE_VERSIONS = ("1", "2", "3", "4")  # what reader.py and verify.py accept; docs/format.md lists what changed
+SCHEMA_VERSION = "5"
+READABLE_VERSIONS = ("1", "2", "3", "4", "5")  # what reader.py and verify.py accept; docs/format.md lists what changed
 SCHEMA_VERSION_KEY = b"novarch.schema_version"
 HF_FEATURES_KEY = b"huggingface"  # where the `datasets` library looks for its Features
 

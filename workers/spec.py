@@ -9,10 +9,12 @@ columns. Adding a sampling option is a field here, its use in the sampler, and i
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
 import re
+from functools import lru_cache
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -45,6 +47,16 @@ DEFAULT_GUIDANCE_INTERVAL = "650-950"
 # extra cost; with the default guidance 1.5, 9.5 and 7.3.
 DEFAULT_FINAL_TIMESTEP = 8
 TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last step: the trailing grid as before
+# --spacing: where the steps' timesteps lie. trailing = evenly in t (Lin et al. 2023); karras =
+# evenly in sigma^(1/rho) (Karras et al. 2022, eq. 5), sigma = sqrt((1 - alpha_bar) / alpha_bar),
+# between t = 0.95 T and the last step, after a first step from pure noise: more steps where the
+# deterministic solver's error is made, near pure noise (the class and layout) and near the clean
+# image (the edges). Measured in MODEL.md ("Where the steps lie"): dpmpp-2m's FD to the floor at
+# 10 steps 19 -> 4.5 for any, DDPM-1000's. rho = 7 is EDM's.
+SPACINGS = ("trailing", "karras")
+KARRAS_RHO = 7.0
+KARRAS_TOP = 0.95  # of T: t = 950, sigma 13; from t = 998 up, sigma grows to 660 and then infinity
+KARRAS_MAX_STEPS = 100  # spacing in sigma is for few steps; beyond, timesteps would collide near t = 0
 DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("files", "parquet", "webdataset")  # workers/writers.py has one writer for each
 # PNG encoder processes per GPU, shared by its actors. One process encodes ~15,000 32x32 images/s
@@ -91,6 +103,43 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(t) - 1 for t in np.round(np.arange(num_train_timesteps, 0, -ratio)[:steps])]
 
 
+@lru_cache(maxsize=4)
+def novarch_noise_levels(num_train_timesteps: int = MAX_STEPS) -> tuple[float, ...]:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) of NovArch's schedule (training/export.build_scheduler:
+    squaredcos_cap_v2 rescaled to zero terminal SNR), in float64 and without torch, so that the driver
+    and the actors make the same grid; infinite at t = T-1. workers/schedules.py builds the float32
+    alphas the samplers use from a model's own config; tests/test_spec.py checks that they agree."""
+    n = num_train_timesteps
+    cosine = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # Nichol & Dhariwal 2021, eq. 17
+    sqrt_abar, product = [], 1.0
+    for i in range(n):
+        product *= 1 - min(1 - cosine((i + 1) / n) / cosine(i / n), 0.999)
+        sqrt_abar.append(math.sqrt(product))
+    first, last = sqrt_abar[0], sqrt_abar[-1]  # Lin et al. 2023, algorithm 1: shift and scale to end at 0
+    abar = [((s - last) * first / (first - last)) ** 2 for s in sqrt_abar]
+    return tuple(math.sqrt((1 - a) / a) if a > 0 else math.inf for a in abar)
+
+
+def karras_timesteps(num_train_timesteps: int, steps: int, last: int) -> list[int]:
+    """T-1 (pure noise), then steps-1 timesteps from 0.95 T down to `last` whose noise levels are
+    evenly spaced in sigma^(1/rho), each the nearest timestep of NovArch's schedule; strictly
+    descending (a collision near t = 0 moves the higher one up)."""
+    if steps == 1:
+        return [num_train_timesteps - 1]
+    sigma = novarch_noise_levels(num_train_timesteps)
+    top, n = int(KARRAS_TOP * num_train_timesteps), steps - 1
+    hi, lo = sigma[top] ** (1 / KARRAS_RHO), sigma[last] ** (1 / KARRAS_RHO)
+    targets = [lo] if n == 1 else [(hi + k / (n - 1) * (lo - hi)) ** KARRAS_RHO for k in range(n)]
+    grid = []
+    for target in targets:
+        t = min(bisect.bisect_left(sigma, target), num_train_timesteps - 2)  # sigma ascends with t
+        grid.append(t - 1 if t > 0 and target - sigma[t - 1] < sigma[t] - target else t)
+    grid[-1] = last
+    for k in range(n - 2, -1, -1):
+        grid[k] = max(grid[k], grid[k + 1] + 1)
+    return [num_train_timesteps - 1] + grid
+
+
 def parse_interval(text: str) -> tuple[int, int] | None:
     """--guidance-interval's value: 'all' -> None (every step), 'LO-HI' -> (LO, HI); SpecError otherwise."""
     if text == ALL_STEPS:
@@ -120,7 +169,7 @@ class SamplingConfig:
                           "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps) = 13 for a class (10 for any), "
                           "purity 0.975-0.993, FD 4.7-9.5x the floor; at guidance 2 on the trailing grid, "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
-                          "FD 27-69x; distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
+                          "FD 27-69x (with --spacing karras and the last step at 8: purity 0.955-0.995, FD 4.5-37x); distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
                         "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
@@ -138,6 +187,14 @@ class SamplingConfig:
                                  "FD to the floor 33 -> 10 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
                                  f"{TRAILING_GRID} = the plain trailing grid; --sampler distilled keeps the student's grid.",
                                  metavar="T", before=TRAILING_GRID)
+    spacing: str = option("trailing", "Where the steps lie: trailing = evenly in t from 999 (999, 899, ... at 10 steps); "
+                          "karras = a first step from pure noise, then evenly in sigma^(1/7) (Karras et al. 2022) from "
+                          "t = 950 down to the last step (999, 950, 915, 850, 729, 527, 291, 123, 40, 8): more steps near "
+                          "pure noise and near the clean image, at the cost of one more guided step in the default "
+                          "interval. For the deterministic dpmpp-2m at 10 steps, FD to the floor 19 -> 4.5 for any "
+                          "(DDPM-1000: 4.8), 49 -> 9.7 for building at guidance 2 (MODEL.md, 'Where the steps lie'). "
+                          f"At most {KARRAS_MAX_STEPS} steps; --sampler distilled keeps the student's grid.",
+                          choices=SPACINGS)
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
 
@@ -154,11 +211,15 @@ class SamplingConfig:
         parse_interval(self.guidance_interval)
         _check(self.sampler != DISTILLED or self.guidance_interval in (ALL_STEPS, DEFAULT_GUIDANCE_INTERVAL),
                "--guidance-interval does not apply to --sampler distilled (its guidance is folded into the student); drop it")
-        _check(isinstance(self.final_timestep, int) and 0 <= self.final_timestep <= TRAILING_GRID,
+        _check(type(self.final_timestep) is int and 0 <= self.final_timestep <= TRAILING_GRID,
                f"--final-timestep must be a timestep from 0 to {TRAILING_GRID} ({TRAILING_GRID} = the plain trailing grid), "
                f"got {self.final_timestep}")
         _check(self.sampler != DISTILLED or self.final_timestep in (TRAILING_GRID, DEFAULT_FINAL_TIMESTEP),
                "--final-timestep does not apply to --sampler distilled (the student samples the grid it was distilled on); drop it")
+        _check(self.spacing == "trailing" or self.steps <= KARRAS_MAX_STEPS,
+               f"--spacing karras spaces at most {KARRAS_MAX_STEPS} steps, got --steps {self.steps}; use --spacing trailing")
+        _check(self.sampler != DISTILLED or self.spacing == "trailing",
+               "--spacing does not apply to --sampler distilled (the student samples the grid it was distilled on); drop it")
         _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         defaults = SamplingConfig()
         for name in OPTIONAL_FIELDS:
@@ -169,10 +230,13 @@ class SamplingConfig:
 
     def timesteps(self, num_train_timesteps: int = MAX_STEPS) -> list[int]:
         """The timesteps the sampler steps from: the trailing grid with its last one lowered to
-        --final-timestep (a single step stays at pure noise; a distilled student keeps its grid)."""
+        --final-timestep, or with --spacing karras a grid in sigma ending at that same last step (a
+        single step stays at pure noise; a distilled student keeps its grid)."""
         grid = trailing_timesteps(num_train_timesteps, self.steps)
         if self.sampler != DISTILLED and len(grid) > 1:
             grid[-1] = min(grid[-1], self.final_timestep)
+            if self.spacing == "karras":
+                grid = karras_timesteps(num_train_timesteps, self.steps, grid[-1])
         return grid
 
     def guided_timesteps(self) -> list[int]:
@@ -212,7 +276,8 @@ class SamplingConfig:
 FIELDS = {f.name: f for f in fields(SamplingConfig)}
 # field -> (identity key, what it makes): see JobSpec.identity
 HASHED_AS_WHAT_THEY_MAKE = {"guidance_interval": ("guided_timesteps", SamplingConfig.guided_timesteps),
-                            "final_timestep": ("timesteps", SamplingConfig.timesteps)}
+                            "final_timestep": ("timesteps", SamplingConfig.timesteps),
+                            "spacing": ("timesteps", SamplingConfig.timesteps)}
 FIRST_SAMPLING_FIELDS = ("class_name", "sampler", "steps", "guidance", "eta", "seed")  # always in the job id, as in schema 1
 OPTIONAL_FIELDS = tuple(sorted({name for used in SAMPLER_OPTIONS.values() for name in used}))
 
@@ -306,7 +371,8 @@ class JobSpec:
         # A field whose spellings can sample alike is hashed as what it makes, and only where that
         # differs from what its `before` value makes: the interval as the steps it guides ('all',
         # class any, guidance 0 or 1 or an interval holding every step guide alike), the final
-        # timestep as the grid (99 or 999 at 10 steps, anything at 1,000 steps, leave it as it was).
+        # timestep and the spacing as the grid (99 or 999 at 10 steps, anything at 1,000 steps, and
+        # karras at one step leave it as it was).
         for name, (key, made_by) in HASHED_AS_WHAT_THEY_MAKE.items():
             if name in sampling:
                 del sampling[name]
