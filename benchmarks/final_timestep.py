@@ -7,6 +7,12 @@ house 11, any 12, as in MODEL.md) at the other submit defaults, judged by `evalu
 mean absolute Laplacian of the images beside it (their sharpness; the real images' is printed
 first). T = 999 is the plain trailing grid, whose last step starts at t = 99 at 10 steps.
 
+    python -m benchmarks.final_timestep --sampler dpmpp-2m --spacings trailing,karras --finals 8 --guidance 2 \
+        --guidance-interval all --out benchmarks/results/spacing-dpmpp-2m-cpu.json
+
+puts each grid's steps where `--spacing` says (MODEL.md, "Where the steps lie"); at guidance 2 on
+every step, the settings of MODEL.md's DDPM-1000 reference.
+
     python -m benchmarks.final_timestep --perturbations --out benchmarks/results/fd_perturbations-cpu.json
 
 instead scores real images against real ones after a small change (a 3x3 blur blended in, pixel
@@ -22,6 +28,7 @@ import torch
 
 from benchmarks.common import machine, save
 from benchmarks.guidance_interval import score_row, sharpness
+from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import REAL_SEED, evaluate_images, real_images
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
@@ -58,13 +65,15 @@ def score_perturbations(count: int) -> list[dict]:
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)
 @click.option("--steps", default=SamplingConfig.steps, show_default=True)
 @click.option("--guidance", default=SamplingConfig.guidance, show_default=True, help="MODEL.md's sweep: 2.")
+@sampling_option("guidance_interval")
+@click.option("--spacings", default="trailing", show_default=True, help="Comma-separated --spacing values.")
 @click.option("--classes", default="building,house,any", show_default=True)
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--perturbations", "perturbed", is_flag=True, help="Score perturbed real images instead (see above).")
 @click.option("--out", default=None)
-def main(finals, sampler, steps, guidance, classes, count, batch, threads, perturbed, out):
+def main(finals, sampler, steps, guidance, guidance_interval, spacings, classes, count, batch, threads, perturbed, out):
     torch.set_num_threads(threads)
     if perturbed:
         save({"machine": machine(), "count": count, "rows": score_perturbations(count)}, out)
@@ -73,11 +82,13 @@ def main(finals, sampler, steps, guidance, classes, count, batch, threads, pertu
     real = {name: sharpness(real_images(count, name, REAL_SEED)) for name in classes.split(",")}
     click.echo(json.dumps({"real_sharpness": real}))
     rows = []
-    for final in map(int, finals.split(",")):
-        for class_name in classes.split(","):
-            base = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, final_timestep=final)
-            rows.append(score_row(generator, base, class_name, count, batch))
-            click.echo(json.dumps(rows[-1]))
+    for spacing in spacings.split(","):
+        for final in map(int, finals.split(",")):
+            for class_name in classes.split(","):
+                base = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval,
+                                      final_timestep=final, spacing=spacing)
+                rows.append(score_row(generator, base, class_name, count, batch))
+                click.echo(json.dumps(rows[-1]))
     save({"machine": machine(), "count": count, "threads": threads, "real_sharpness": real, "rows": rows}, out)
 
 

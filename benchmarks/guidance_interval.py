@@ -43,7 +43,7 @@ def score_row(generator: ImageGenerator, base: SamplingConfig, class_name: str, 
     m = evaluate_images(images, class_name)
     return {"sampler": sampling.sampler, "steps": sampling.steps, "guidance": sampling.guidance,
             "guidance_interval": sampling.guidance_interval, "final_timestep": sampling.final_timestep,
-            "timesteps": sampling.timesteps(), "class": class_name, "network_evaluations_per_image": sampling.network_evaluations(),
+            "spacing": sampling.spacing, "timesteps": sampling.timesteps(), "class": class_name, "network_evaluations_per_image": sampling.network_evaluations(),
             "purity": m["purity"], "accuracy": m["conditional_accuracy"], "class_shares": m["class_shares"],
             "fd_ratio": m["fd_ratio"], "sharpness": sharpness(images), "sampling_seconds": round(seconds, 1)}
 
