@@ -21,7 +21,7 @@ from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.preview import render_grid
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.seeds import sample_seed
-from novarch_batch.workers.spec import SamplingConfig
+from novarch_batch.workers.spec import SPACINGS, SamplingConfig
 
 CARD_SEED = 10  # row k uses base seed CARD_SEED + k; any fixed value works
 ROWS = ("building", "house", "any")
@@ -62,15 +62,17 @@ def score_model(generator: ImageGenerator, sampling: SamplingConfig, count: int,
               help="Guided timesteps, as submit's flag ('all': every step).")
 @click.option("--final-timestep", default=SamplingConfig.final_timestep, show_default=True, type=int,
               help="The last step's timestep at most, as submit's flag (999: the plain trailing grid).")
+@click.option("--spacing", default=SamplingConfig.spacing, show_default=True, type=click.Choice(SPACINGS),
+              help="Where the steps lie, as submit's flag.")
 @click.option("--threads", default=2, show_default=True, type=int)
 @click.option("--batch", default=500, show_default=True, type=int, help="Micro-batch (images per network call).")
 @click.option("--device", default="cpu", show_default=True, help="Where the UNet runs: cpu or cuda.")
 @click.option("--out", default=None, help="Folder for scores.json and one preview grid per row.")
-def main(folder, count, sampler, steps, guidance, guidance_interval, final_timestep, threads, batch, device, out):
+def main(folder, count, sampler, steps, guidance, guidance_interval, final_timestep, spacing, threads, batch, device, out):
     """Score FOLDER for building, house and any."""
     torch.set_num_threads(threads)
     sampling = SamplingConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval,
-                              final_timestep=final_timestep)
+                              final_timestep=final_timestep, spacing=spacing)
     sampling.validate(("building", "house"))
     generator = ImageGenerator(folder, device)
     results = score_model(generator, sampling, count, batch, grids=Path(out) if out else None, echo=click.echo)
