@@ -14,8 +14,8 @@ import hashlib
 import json
 import math
 import re
-from functools import lru_cache
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from functools import lru_cache
 
 import numpy as np
 
