@@ -107,7 +107,7 @@ def test_job_ids_of_files_and_parquet_jobs_are_those_of_embed_images():
     """Hashes computed by the code before --format, where OutputConfig had embed_images (and the
     sampling defaults were those of then: guidance 2 on the plain trailing grid)."""
     def spec(fmt):
-        then = SamplingConfig(guidance=2.0, final_timestep=TRAILING_GRID)
+        then = SamplingConfig(guidance=2.0, final_timestep=TRAILING_GRID, spacing="trailing")
         return JobSpec(count=100, model="novarch-tiny", model_sha256="ab" * 32, sampling=then, output=OutputConfig(shard_size=64, format=fmt))
 
     assert spec("files").spec_hash() == "1c0042503964c0c9bbf98962621841b1fccf0c225a6ba6adb54f3dcf6cd9dd2d"

@@ -132,7 +132,7 @@ def test_a_jobs_grid_with_its_final_timestep_matches_diffusers(name, spacing, un
     from novarch_batch.workers.generate import ImageGenerator
     from novarch_batch.workers.spec import DEFAULT_FINAL_TIMESTEP, SamplingConfig, karras_timesteps
 
-    sampling = replace(SamplingConfig(), sampler=name, class_name="house", guidance_interval="all", spacing=spacing)
+    sampling = replace(SamplingConfig(), sampler=name, class_name="house", guidance=2.0, guidance_interval="all", spacing=spacing)
     grid = sampling.timesteps()
     if spacing == "karras":
         assert grid == karras_timesteps(1000, STEPS, DEFAULT_FINAL_TIMESTEP) and grid[:2] == [999, 950]
@@ -193,7 +193,7 @@ def test_guidance_interval_guides_only_its_timesteps(unet, info):
         for t, inside in ((999, False), (951, False), (950, True), (700, True), (650, True), (649, False), (99, False)):
             assert torch.equal(limited(x, t), guided(x, t) if inside else conditional(x, t)), t
     generator = ImageGenerator(default_model_dir(), "cpu")
-    sampling = SamplingConfig(class_name="house", steps=3, seed=1)  # timesteps 999, 666, 8
+    sampling = SamplingConfig(class_name="house", steps=3, seed=1, guidance=2.0, spacing="trailing")  # timesteps 999, 666, 8
     rows: list[int] = []  # images per network call: what a step really costs
     hook = generator.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     images = {}

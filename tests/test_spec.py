@@ -101,7 +101,7 @@ def test_a_sampling_field_added_later_leaves_job_ids_alone(tmp_path, monkeypatch
 
 
 def test_guidance_interval_counts_only_its_steps_and_is_hashed_unless_all(tmp_path):
-    house = dict(count=8, out=str(tmp_path), class_name="house", steps=16)
+    house = dict(count=8, out=str(tmp_path), class_name="house", steps=16, guidance=2.0, spacing="trailing")
     assert build_spec(**house).sampling.guidance_interval == "650-950"  # the default, hashed: it samples differently from "all"
     assert "guided_timesteps" in build_spec(**house).identity()["sampling"]
     every = build_spec(**house, guidance_interval="all")
@@ -128,14 +128,14 @@ def test_every_step_count_has_its_own_number_of_distinct_timesteps_from_pure_noi
     from novarch_batch.workers.spec import trailing_timesteps
 
     for steps in range(1, 1001):  # 61 steps once ended in t = -1, one step too many
-        grid = SamplingConfig(steps=steps).timesteps()
+        grid = SamplingConfig(steps=steps, spacing="trailing").timesteps()
         assert len(grid) == steps and grid[0] == 999 and grid[-1] >= 0, steps
         assert all(a > b for a, b in zip(grid, grid[1:])), steps
         assert grid[:-1] == trailing_timesteps(1000, steps)[:-1]
 
 
 def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_path):
-    job = dict(count=8, out=str(tmp_path))
+    job = dict(count=8, out=str(tmp_path), spacing="trailing")
     default = build_spec(**job)
     assert default.sampling.timesteps() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 8]
     assert default.identity()["sampling"]["timesteps"] == default.sampling.timesteps()  # it samples differently from before
@@ -157,8 +157,9 @@ def test_final_timestep_lowers_only_the_last_step_and_is_hashed_as_the_grid(tmp_
 
 
 def test_karras_spacing_lies_in_sigma_ends_at_the_last_step_and_is_hashed_as_the_grid(tmp_path):
-    job = dict(count=8, out=str(tmp_path), class_name="house")
-    trailing, karras = build_spec(**job), build_spec(**job, spacing="karras")
+    job = dict(count=8, out=str(tmp_path), class_name="house", guidance=1.5)
+    trailing, karras = build_spec(**job, spacing="trailing"), build_spec(**job)
+    assert karras.sampling.spacing == "karras"  # the default
     assert karras.sampling.timesteps() == [999, 950, 915, 850, 729, 527, 291, 123, 40, 8]
     assert karras.identity()["sampling"]["timesteps"] == karras.sampling.timesteps() and "spacing" not in karras.identity()["sampling"]
     assert trailing.spec_hash() != karras.spec_hash()
@@ -166,7 +167,7 @@ def test_karras_spacing_lies_in_sigma_ends_at_the_last_step_and_is_hashed_as_the
     # the guided steps are the grid's inside the interval: one more than the trailing grid's three
     assert karras.sampling.guided_timesteps() == [950, 915, 850, 729] and karras.sampling.network_evaluations() == 14
     # one step is pure noise with either spacing: the same job
-    assert build_spec(**job, steps=1, spacing="karras").spec_hash() == build_spec(**job, steps=1).spec_hash()
+    assert build_spec(**job, steps=1).spec_hash() == build_spec(**job, steps=1, spacing="trailing").spec_hash()
     # the last step is the trailing grid's own (99 at 10 steps) when --final-timestep lowers nothing
     assert build_spec(**job, spacing="karras", final_timestep=999).sampling.timesteps()[-1] == 99
     sigma = novarch_noise_levels()
@@ -183,7 +184,8 @@ def test_karras_spacing_lies_in_sigma_ends_at_the_last_step_and_is_hashed_as_the
     with pytest.raises(SpecError, match=rf"--spacing karras spaces at most {KARRAS_MAX_STEPS} steps, got --steps 101"):
         build_spec(**job, spacing="karras", steps=101)
     with pytest.raises(SpecError, match="--spacing does not apply to --sampler distilled"):
-        build_spec(**job, sampler="distilled", spacing="karras")
+        build_spec(count=8, out=str(tmp_path), sampler="distilled", spacing="karras")
+    assert build_spec(count=8, out=str(tmp_path), sampler="distilled").sampling.spacing == "trailing"  # the student's grid
     with pytest.raises(SpecError, match="--spacing must be one of trailing, karras, got 'cosine'"):
         build_spec(**job, spacing="cosine")
 
@@ -218,8 +220,8 @@ def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
     spec = build_spec(count=8, out=str(tmp_path), sampler="distilled", class_name="house")
     assert spec.model == SHIPPED_STUDENT and (spec.sampling.steps, spec.sampling.guidance) == (4, 2.0)
     assert spec.sampling.network_evaluations() == 4
-    # the default for a class: 10 steps, guided at 899, 799 and 699 only
-    assert build_spec(count=8, out=str(tmp_path), class_name="house").sampling.network_evaluations() == 13
+    # the default for a class: 10 steps without guidance, one evaluation each
+    assert build_spec(count=8, out=str(tmp_path), class_name="house").sampling.network_evaluations() == 10
     assert spec.model_sha256 != build_spec(count=8, out=str(tmp_path)).model_sha256  # the student's weights are the job's
     with pytest.raises(SpecError, match="--steps 10: the distilled student samples with --steps 4 only"):
         build_spec(count=8, out=str(tmp_path), sampler="distilled", steps=10)

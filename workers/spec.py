@@ -44,7 +44,7 @@ DEFAULT_GUIDANCE_INTERVAL = "650-950"
 # 10 steps) that estimate is the mean of every image the remaining noise allows, a softened one
 # (thin window bars blur); from t <= 15 it is nearly a sample. Measured in MODEL.md ("The last step"):
 # FD to the floor 33 -> 10 for building, 27 -> 15 for house, 8.7 -> 4.7 for any at guidance 2, at no
-# extra cost; with the default guidance 1.5, 9.5 and 7.3.
+# extra cost.
 DEFAULT_FINAL_TIMESTEP = 8
 TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last step: the trailing grid as before
 # --spacing: where the steps' timesteps lie. trailing = evenly in t (Lin et al. 2023); karras =
@@ -52,7 +52,8 @@ TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last ste
 # between t = 0.95 T and the last step, after a first step from pure noise: more steps where the
 # deterministic solver's error is made, near pure noise (the class and layout) and near the clean
 # image (the edges). Measured in MODEL.md ("Where the steps lie"): dpmpp-2m's FD to the floor at
-# 10 steps 19 -> 4.5 for any, DDPM-1000's. rho = 7 is EDM's.
+# 10 steps 19 -> 4.5 for any, DDPM-1000's; for the default sampler without guidance, building 3.8,
+# house 7.5 in 10 evaluations (trailing with guidance 1.5: 9.5, 7.3 in 13). rho = 7 is EDM's.
 SPACINGS = ("trailing", "karras")
 KARRAS_RHO = 7.0
 KARRAS_TOP = 0.95  # of T: t = 950, sigma 13; from t = 998 up, sigma grows to 660 and then infinity
@@ -166,20 +167,22 @@ class SamplingConfig:
                              "house) or 'any', which samples unconditionally so each image drifts to the kind it finds.",
                              flag="--class", metavar="CLASS", column="class_label")
     sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality "
-                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps) = 13 for a class (10 for any), "
-                          "purity 0.975-0.993, FD 4.7-9.5x the floor; at guidance 2 on the trailing grid, "
+                          "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps, no guidance) = 10, "
+                          "purity 0.976-0.986, FD 3.4-7.5x the floor; at guidance 2 on the trailing grid, "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x (with --spacing karras and the last step at 8: purity 0.955-0.995, FD 4.5-37x); distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
-                          "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 4x the default's images/s for a class.", choices=tuple(SAMPLER_OPTIONS))
+                          "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 2.5x the default's images/s.", choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
                         "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
                         "FD 6.8x / 8.2x the floor for building / house (MODEL.md).", metavar="K")
-    guidance: float = option(1.5, "Classifier-free guidance scale: 1 = plain conditional, 0 = unconditional. 1.5 against "
-                             "2: house FD 15x -> 7.3x the floor at purity 0.977 (MODEL.md).", metavar="G")
+    guidance: float = option(1.0, "Classifier-free guidance scale: 1 = plain conditional (one network evaluation per "
+                             "step), 0 = unconditional; above 1 each guided step costs a second evaluation. On the default "
+                             "karras grid the class is already kept (purity 0.976 / 0.985 for building / house) and guidance "
+                             "narrows a class's variety: 1.5 takes house FD 7.5x -> 15x the floor (MODEL.md).", metavar="G")
     guidance_interval: str = option(DEFAULT_GUIDANCE_INTERVAL, "Timesteps LO-HI (of 1000; the first step is 999) where "
                                     "--guidance applies; other steps are conditional (--guidance 0: unconditional "
-                                    "throughout). 'all' = every step. The default guides 3 of 10 steps: 13 evaluations "
-                                    "per image, not 20, at the same quality (MODEL.md).",
+                                    "throughout). 'all' = every step. With --guidance 2 on the trailing grid, 650-950 guides 3 of 10 steps: "
+                                    "13 evaluations per image, not 20, at the same quality (MODEL.md).",
                                     metavar="LO-HI|all", before=ALL_STEPS)
     final_timestep: int = option(DEFAULT_FINAL_TIMESTEP, "The last step starts from timestep T at most: the trailing "
                                  "grid (999, 899, ... 99 at 10 steps) with its last timestep lowered to T. The image is "
@@ -187,14 +190,14 @@ class SamplingConfig:
                                  "FD to the floor 33 -> 10 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
                                  f"{TRAILING_GRID} = the plain trailing grid; --sampler distilled keeps the student's grid.",
                                  metavar="T", before=TRAILING_GRID)
-    spacing: str = option("trailing", "Where the steps lie: trailing = evenly in t from 999 (999, 899, ... at 10 steps); "
+    spacing: str = option("karras", "Where the steps lie: trailing = evenly in t from 999 (999, 899, ... at 10 steps); "
                           "karras = a first step from pure noise, then evenly in sigma^(1/7) (Karras et al. 2022) from "
                           "t = 950 down to the last step (999, 950, 915, 850, 729, 527, 291, 123, 40, 8): more steps near "
-                          "pure noise and near the clean image, at the cost of one more guided step in the default "
-                          "interval. For the deterministic dpmpp-2m at 10 steps, FD to the floor 19 -> 4.5 for any "
-                          "(DDPM-1000: 4.8), 49 -> 9.7 for building at guidance 2 (MODEL.md, 'Where the steps lie'). "
-                          f"At most {KARRAS_MAX_STEPS} steps; --sampler distilled keeps the student's grid.",
-                          choices=SPACINGS)
+                          "pure noise and near the clean image. At the defaults, FD to the floor 3.8 / 7.5 / 3.4 for "
+                          "building / house / any (trailing, guided 1.5: 9.5 / 7.3 / 4.7 in 13 evaluations); for the "
+                          "deterministic dpmpp-2m at 10 steps 19 -> 4.5 for any (DDPM-1000: 4.8) (MODEL.md, 'Where the "
+                          f"steps lie'). At most {KARRAS_MAX_STEPS} steps; --sampler distilled keeps the student's grid.",
+                          choices=SPACINGS, before="trailing")
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
 
@@ -218,8 +221,6 @@ class SamplingConfig:
                "--final-timestep does not apply to --sampler distilled (the student samples the grid it was distilled on); drop it")
         _check(self.spacing == "trailing" or self.steps <= KARRAS_MAX_STEPS,
                f"--spacing karras spaces at most {KARRAS_MAX_STEPS} steps, got --steps {self.steps}; use --spacing trailing")
-        _check(self.sampler != DISTILLED or self.spacing == "trailing",
-               "--spacing does not apply to --sampler distilled (the student samples the grid it was distilled on); drop it")
         _check(self.seed >= 0, f"--seed must be a non-negative integer, got {self.seed}")
         defaults = SamplingConfig()
         for name in OPTIONAL_FIELDS:
