@@ -127,7 +127,7 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
     from novarch_batch.pipeline.spec import build_spec
     from novarch_batch.workers.spec import JobSpec, OutputConfig, RunConfig, SamplingConfig
 
-    options = dict(class_name="house", sampler="ddim", steps=2, guidance=2.5, guidance_interval="900-999", final_timestep=300, spacing="karras", eta=0.5, seed=7, out=s3_url, shard_size=4,
+    options = dict(class_name="house", sampler="ddim", steps=2, guidance=2.5, guidance_interval="900-999", final_timestep=300, spacing="trailing", eta=0.5, seed=7, out=s3_url, shard_size=4,
                    format="parquet", gpus=1, actors_per_gpu=2, batch_size=4, placement_timeout=120.0, device="cuda",
                    encode_processes=2, exclusive="every-field")
     # ray_address: a job on the cluster joins the head's own Ray; actors: CPU actors only, refused
@@ -140,7 +140,7 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
             assert f.name in untouched or options[f.name] != f.default
     laptop = build_spec(count=8, job_id="every-field", **options)
     flags = ["--count", "8", "--job-id", "every-field", "--class", "house", "--sampler", "ddim", "--steps", "2", "--guidance", "2.5",
-             "--guidance-interval", "900-999", "--final-timestep", "300", "--spacing", "karras", "--eta", "0.5", "--seed", "7", "--out", s3_url, "--shard-size", "4", "--format", "parquet", "--gpus", "1",
+             "--guidance-interval", "900-999", "--final-timestep", "300", "--spacing", "trailing", "--eta", "0.5", "--seed", "7", "--out", s3_url, "--shard-size", "4", "--format", "parquet", "--gpus", "1",
              "--actors-per-gpu", "2", "--batch-size", "4", "--placement-timeout", "120", "--device", "cuda", "--encode-processes", "2",
              "--exclusive", "every-field"]
     done = run_cli(laptop_env, "submit", *flags, "--cluster", head, "--wait")
