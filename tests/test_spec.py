@@ -204,7 +204,7 @@ def test_the_spacings_noise_levels_are_those_of_the_shipped_models_schedule():
     assert float(((ours - theirs).abs() / theirs).max()) < 0.005 and novarch_noise_levels()[-1] == math.inf
 
 
-def test_bad_guidance_interval_or_final_timestep_is_one_line_exit_2_nothing_written(tmp_path):
+def test_bad_guidance_interval_final_timestep_or_spacing_is_one_line_exit_2_nothing_written(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--guidance-interval", "900-100"])
     assert result.exit_code == 2
@@ -212,6 +212,9 @@ def test_bad_guidance_interval_or_final_timestep_is_one_line_exit_2_nothing_writ
     result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--final-timestep", "1000"])
     assert result.exit_code == 2 and not out.exists()
     assert result.output.strip().splitlines()[-1].endswith("--final-timestep must be a timestep from 0 to 999 (999 = the plain trailing grid), got 1000")
+    result = CliRunner().invoke(cli, ["submit", "--count", "4", "--out", str(out), "--spacing", "karras", "--steps", "200"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.strip().splitlines()[-1].endswith("--spacing karras spaces at most 100 steps, got --steps 200; use --spacing trailing")
 
 
 def test_distilled_sampler_takes_the_students_steps_and_guidance(tmp_path):
