@@ -60,17 +60,19 @@ def sharpness(images: np.ndarray) -> float:
 @click.option("--settings", default="10:all,16:650-950", show_default=True, help="Comma-separated STEPS:INTERVAL[:GUIDANCE].")
 @click.option("--classes", default="building,house,any", show_default=True)
 @sampling_option("final_timestep")
+@sampling_option("spacing", default="trailing", help="Where the steps lie, as submit's flag; 'trailing', the grid "
+                 "MODEL.md's interval and scale tables were measured on.")
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", default=None)
-def main(settings, classes, final_timestep, count, batch, threads, out):
+def main(settings, classes, final_timestep, spacing, count, batch, threads, out):
     torch.set_num_threads(threads)
     generator = ImageGenerator(default_model_dir(), "cpu")
     rows = []
     for base in map(parse_setting, settings.split(",")):
         for class_name in classes.split(","):
-            rows.append(score_row(generator, replace(base, final_timestep=final_timestep), class_name, count, batch))
+            rows.append(score_row(generator, replace(base, final_timestep=final_timestep, spacing=spacing), class_name, count, batch))
             click.echo(json.dumps(rows[-1]))
     save({"machine": machine(), "sampler": SamplingConfig.sampler, "count": count, "threads": threads, "rows": rows}, out)
 

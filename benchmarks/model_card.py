@@ -3,7 +3,7 @@
     python -m benchmarks.model_card --count 1000 --out benchmarks/results/model_card.json
 
 `--model` names a shipped model (MODEL.md's v1 rows: `--model novarch-tiny-v1 --guidance 2
---guidance-interval all --final-timestep 999`, the sampling of v1's days).
+--guidance-interval all --final-timestep 999 --spacing trailing`, the sampling of v1's days).
 
 The sampling and scoring are training.score_model's (submit's own sampling path); this adds the
 machine's description to the saved results.

@@ -26,9 +26,10 @@ from novarch_batch.workers.spec import SamplingConfig
 
 
 def sample_class(generator: ImageGenerator, class_name: str, n: int, sampler: str, steps: int, guidance: float, base_seed: int,
-                 batch: int, guidance_interval: str = "all", final_timestep: int = SamplingConfig.final_timestep) -> np.ndarray:
+                 batch: int, guidance_interval: str = "all", final_timestep: int = SamplingConfig.final_timestep,
+                 spacing: str = "trailing") -> np.ndarray:
     sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, seed=base_seed,
-                              guidance_interval=guidance_interval, final_timestep=final_timestep)
+                              guidance_interval=guidance_interval, final_timestep=final_timestep, spacing=spacing)
     return sample_images(generator, sampling, n, batch)
 
 
@@ -49,11 +50,13 @@ def score(judge, buildings: np.ndarray, houses: np.ndarray) -> dict:
 @sampling_option("guidance_interval", default="all",
                  help="Guided timesteps, as submit's flag; 'all' compares the samplers as the BENCHMARKS.md tables do.")
 @sampling_option("final_timestep")
+@sampling_option("spacing", default="trailing", help="Where the steps lie, as submit's flag; 'trailing', the grid the "
+                 "BENCHMARKS.md sampler tables were measured on.")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--batch", default=100, show_default=True, help="Micro-batch (500+ on a GPU).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="benchmarks/results/quality.json", show_default=True)
-def main(per_class, samplers, steps_list, reference_steps, guidance, guidance_interval, final_timestep, threads, batch, device, out):
+def main(per_class, samplers, steps_list, reference_steps, guidance, guidance_interval, final_timestep, spacing, threads, batch, device, out):
     torch.set_num_threads(threads)
     actor = ImageGenerator(default_model_dir(), device)
     judge = load_judge()
@@ -65,13 +68,13 @@ def main(per_class, samplers, steps_list, reference_steps, guidance, guidance_in
     print(f"{'sampler':10} {'steps':>5} {'purity':>7} {'acc(b)':>7} {'acc(h)':>7} {'FD/floor':>8} {'ms/img':>8}")
     for sampler, steps in settings:
         t0 = time.perf_counter()
-        b = sample_class(actor, "building", per_class, sampler, steps, guidance, 100, batch, guidance_interval, final_timestep)
-        h = sample_class(actor, "house", per_class, sampler, steps, guidance, 200, batch, guidance_interval, final_timestep)
+        b = sample_class(actor, "building", per_class, sampler, steps, guidance, 100, batch, guidance_interval, final_timestep, spacing)
+        h = sample_class(actor, "house", per_class, sampler, steps, guidance, 200, batch, guidance_interval, final_timestep, spacing)
         if actor.device.type == "cuda":
             torch.cuda.synchronize()
         ms = 1000 * (time.perf_counter() - t0) / n
         row = {"sampler": sampler, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
-               "final_timestep": final_timestep, "ms_per_image": ms, **score(judge, b, h)}
+               "final_timestep": final_timestep, "spacing": spacing, "ms_per_image": ms, **score(judge, b, h)}
         rows.append(row)
         print(f"{sampler:10} {steps:5d} {row['purity']:7.3f} {row['accuracy']['building']:7.3f} {row['accuracy']['house']:7.3f} "
               f"{row['fd_ratio']:8.1f} {ms:8.2f}", flush=True)

@@ -30,10 +30,10 @@ tar -C "$WORK" -cf "$RESULTS/student.tar" student distill.log
 [ "$SCORE" = 1 ] || exit 0
 
 score() {  # label, folder, sampler, steps, guidance (at every step: the teacher's baseline is MODEL.md's 8 evaluations)
-  # on the plain trailing grid (--final-timestep 999): the student's own, which --sampler distilled samples
+  # on the plain trailing grid (--final-timestep 999 --spacing trailing): the student's own, which --sampler distilled samples
   echo "== $1"
   $PY -m novarch_batch.training.score_model "$2" --count "$COUNT" --sampler "$3" --steps "$4" --guidance "$5" --guidance-interval all \
-    --final-timestep 999 \
+    --final-timestep 999 --spacing trailing \
     --device "$DEVICE" --batch "$COUNT" --out "$WORK/scores/$1" | sed "s/^/$1 /"
 }
 score student-ddim-4-g1 "$WORK/student" ddim 4 1 2>&1 | tee "$RESULTS/scores.log"
