@@ -1,9 +1,9 @@
 """Noise schedules as pure functions (no state, no model); the timestep grid is workers/spec.trailing_timesteps."""
 from __future__ import annotations
 
-import math
-
 import torch
+
+from novarch_batch.workers.spec import cosine_betas
 
 
 def betas_for(config: dict) -> torch.Tensor:
@@ -25,12 +25,7 @@ def _base_betas(config: dict) -> torch.Tensor:
     if kind == "scaled_linear":
         return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
     if kind == "squaredcos_cap_v2":
-        # Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), s = 0.008.
-        def alpha_bar(t: float) -> float:
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
-        return torch.tensor(betas, dtype=torch.float32)
+        return torch.tensor(cosine_betas(n), dtype=torch.float32)
     raise ValueError(f"unsupported beta_schedule '{kind}' in scheduler_config.json")
 
 

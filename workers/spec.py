@@ -104,17 +104,25 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(t) - 1 for t in np.round(np.arange(num_train_timesteps, 0, -ratio)[:steps])]
 
 
+def cosine_betas(n: int) -> list[float]:
+    """The betas of diffusers' squaredcos_cap_v2 schedule (Nichol & Dhariwal 2021, eq. 17:
+    alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), s = 0.008), in float64; workers/schedules.py
+    casts them to float32 as diffusers does."""
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+
+
 @lru_cache(maxsize=4)
 def novarch_noise_levels(num_train_timesteps: int = MAX_STEPS) -> tuple[float, ...]:
     """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) of NovArch's schedule (training/export.build_scheduler:
     squaredcos_cap_v2 rescaled to zero terminal SNR), in float64 and without torch, so that the driver
     and the actors make the same grid; infinite at t = T-1. workers/schedules.py builds the float32
     alphas the samplers use from a model's own config; tests/test_spec.py checks that they agree."""
-    n = num_train_timesteps
-    cosine = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # Nichol & Dhariwal 2021, eq. 17
     sqrt_abar, product = [], 1.0
-    for i in range(n):
-        product *= 1 - min(1 - cosine((i + 1) / n) / cosine(i / n), 0.999)
+    for beta in cosine_betas(num_train_timesteps):
+        product *= 1 - beta
         sqrt_abar.append(math.sqrt(product))
     first, last = sqrt_abar[0], sqrt_abar[-1]  # Lin et al. 2023, algorithm 1: shift and scale to end at 0
     abar = [((s - last) * first / (first - last)) ** 2 for s in sqrt_abar]
