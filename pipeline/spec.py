@@ -14,16 +14,17 @@ from urllib.parse import urlparse
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
     ALL_STEPS,
     DISTILLED,
+    FIELDS,
     SHIPPED_MODEL,
     SHIPPED_MODELS,
     SHIPPED_STUDENT,
-    TRAILING_GRID,
     JobSpec,
     OutputConfig,
     RunConfig,
     SamplingConfig,
     SpecError,
     defaults_of,
+    flag_name,
 )
 
 MAX_COUNT = 100_000_000  # ids are written as 9 digits and shards as 5: 10^8 fits both at 1,000 per shard
@@ -103,14 +104,13 @@ def student_sampling(sampling: SamplingConfig, info, model: str, given: dict) ->
     if given.get("guidance_interval", ALL_STEPS) != ALL_STEPS:
         raise SpecError("--guidance-interval does not apply to --sampler distilled (its guidance is folded into the "
                         "student); drop it, or choose another --sampler")
-    if given.get("final_timestep", TRAILING_GRID) != TRAILING_GRID:
-        raise SpecError("--final-timestep does not apply to --sampler distilled (the student samples the grid it was "
-                        "distilled on); drop it, or choose another --sampler")
-    if given.get("spacing", "trailing") != "trailing":
-        raise SpecError("--spacing does not apply to --sampler distilled (the student samples the grid it was "
-                        "distilled on); drop it, or choose another --sampler")
-    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS,
-                   final_timestep=TRAILING_GRID, spacing="trailing")
+    # the grid is the one the student was distilled on: each grid option at the value that samples as before it existed
+    grid = {name: FIELDS[name].metadata["before"] for name in ("final_timestep", "spacing")}
+    for name, before in grid.items():
+        if given.get(name, before) != before:
+            raise SpecError(f"{flag_name(FIELDS[name])} does not apply to --sampler distilled (the student samples the grid "
+                            "it was distilled on); drop it, or choose another --sampler")
+    return replace(sampling, steps=int(student["steps"]), guidance=float(student["guidance"]), guidance_interval=ALL_STEPS, **grid)
 
 
 def build_spec(*, count, model: str | None = None, job_id: str | None = None, **options) -> JobSpec:
