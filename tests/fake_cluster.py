@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from tests.procs import wait_for
+from tests.procs import kill_ray_cluster, parent_pid, wait_for
 from tests.ray_head import free_port
 
 BIN = Path(sys.executable).parent
@@ -39,22 +36,15 @@ class FakeCluster:
         """The processes of one fake worker node: its raylet and the workers it started (actors), as a
         lost VM takes them all. `node_id` as ray.nodes() shows it."""
         raylets = [pid for pid, argv in _processes() if self.temp_dir in argv and "raylet/raylet" in argv and f"--node_id={node_id}" in argv]
-        return raylets + [pid for pid, _ in _processes() if _parent(pid) in raylets]
+        return raylets + [pid for pid, _ in _processes() if parent_pid(pid) in raylets]
 
     def worker_node_ids(self) -> list[str]:
         """Ids of the fake worker nodes: every raylet of this cluster but the head's (the child of `ray start`)."""
         ids = []
         for pid, argv in _processes():
-            if self.temp_dir in argv and "raylet/raylet" in argv and "--node_id=" in argv and _parent(pid) != self.head_pgid:
+            if self.temp_dir in argv and "raylet/raylet" in argv and "--node_id=" in argv and parent_pid(pid) != self.head_pgid:
                 ids.append(argv.split("--node_id=", 1)[1].split()[0])
         return ids
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _listening(port: int) -> bool:
@@ -122,21 +112,4 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
                  "the head's raylet and GCS", interval=0.5)
         yield FakeCluster(gcs_address, temp_dir, config, head.pid, metrics_port)
     finally:
-        _stop(head, temp_dir)
-
-
-def _stop(head: subprocess.Popen, temp_dir: str) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        head.wait(timeout=5)
-    for sig in (signal.SIGTERM, signal.SIGKILL):  # the fake worker nodes, started by the monitor
-        for pid, argv in _processes():
-            if temp_dir in argv and pid != os.getpid():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(head.pid, signal.SIGKILL)
-    head.wait(timeout=10)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+        kill_ray_cluster(head, temp_dir)

@@ -1,8 +1,11 @@
 """Find and kill real processes for fault tests (reads /proc; no extra dependency)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,3 +36,26 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def sigkill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def kill_ray_cluster(head: subprocess.Popen, temp_dir: str) -> None:
+    """SIGKILL a test's `ray start --block` (started in its own session) and all it started: its process
+    group, every process whose command line names its temp dir (the raylets of the nodes an autoscaler
+    added) and their children (workers, titled ray::...). A throwaway cluster needs no orderly stop,
+    and Ray's takes 5 s or more; then its temp dir goes."""
+    named = [pid for pid in pids_with_title(temp_dir) if pid != os.getpid()]
+    children = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit() and parent_pid(int(entry.name)) in named]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    for pid in named + children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    head.wait(timeout=10)
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.procs import wait_for
 from tests.ray_head import free_port, ray_head
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
@@ -28,10 +27,11 @@ def test_a_live_ray_start_cluster_is_joined_only_when_named_and_a_stale_one_is_i
     head_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     before = CURRENT_CLUSTER.read_text() if CURRENT_CLUSTER.exists() else None
     try:
-        with ray_head(head_env, num_cpus=1, num_gpus=1, port=port, own_temp_dir=False):
-            # As a user's `ray start --head` leaves it (written once the head is up).
-            wait_for(lambda: CURRENT_CLUSTER.exists() and CURRENT_CLUSTER.read_text().strip().endswith(f":{port}"), 60,
-                     "ray start to write /tmp/ray/ray_current_cluster")
+        with ray_head(head_env, num_cpus=1, num_gpus=1, port=port):
+            # What a user's `ray start --head` (default temp dir) writes once its head is up; the test's head
+            # keeps its own temp dir, so the file is written here, naming the live head.
+            CURRENT_CLUSTER.parent.mkdir(parents=True, exist_ok=True)
+            CURRENT_CLUSTER.write_text(f"127.0.0.1:{port}")
             private = submit(tmp_path / "private")
             assert private.returncode == 0, private.stderr
             assert json.loads(private.stdout)["actors"].endswith("CPU actor(s) x 1 thread(s) (no GPU in the cluster)")
