@@ -74,6 +74,10 @@ def run_job(spec, as_json: bool) -> None:
     from novarch_batch.pipeline.progress import Progress
     from novarch_batch.storage import StorageError
 
+    try:
+        driver.retry_delay_s()  # an environment setting: refused in one line, before the job's first note
+    except SpecError as e:
+        fail(str(e), EXIT_USAGE)
     progress = Progress()
     progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
     try:

@@ -18,7 +18,7 @@ from novarch_batch.pipeline.lease import ExclusiveLease, JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
-from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
+from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler, retry_delay_s  # noqa: F401  (JobFailed is part of run()'s contract)
 from novarch_batch.workers.spec import JobSpec
 from novarch_batch.storage import join, open_storage
 from novarch_batch.workers.actor import ShardActor
@@ -74,6 +74,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     """Run (or resume) a job to completion; raises JobFailed when a shard exhausts its attempts."""
     progress = progress or Progress(enabled=False)
     started = time.perf_counter()
+    retry_delay_s()  # a bad NOVARCH_RETRY_DELAY_S is refused before anything is read or written
     root = open_storage(spec.output.out)
     job_url = join(root.url, spec.job_id)
     job = root.child(spec.job_id)
@@ -166,6 +167,7 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         describe_unplaced=resources.unplaced,
         on_event=metrics.add,
         on_tick=lambda scheduler: progress.tick(scheduler.pool_status),
+        retry_delay=retry_delay_s(),
     )
     try:
         scheduler.run(todo)

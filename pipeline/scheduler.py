@@ -10,6 +10,7 @@ a pool with no ready actor fails the job once ``placement_timeout`` has passed.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -18,17 +19,35 @@ from typing import Callable
 import ray
 
 from novarch_batch.pipeline.shards import Shard
+from novarch_batch.workers.spec import SpecError
 from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 MAX_STARTUP_FAILURES = 3  # actors whose own start-up raised (CUDA mismatch, bad model): then the job fails with that error
 RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
+RETRY_DELAY_ENV = "NOVARCH_RETRY_DELAY_S"  # overrides RETRY_DELAY_S (a store whose outages last longer, or shorter)
 IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 class JobFailed(RuntimeError):
     """The job could not complete; committed shards stay, so the same command resumes it."""
+
+
+def retry_delay_s() -> float:
+    """The back-off unit: RETRY_DELAY_S, or NOVARCH_RETRY_DELAY_S when set. Read before a job writes
+    anything, so a bad value is a usage error, not a failure halfway through a job."""
+    value = os.environ.get(RETRY_DELAY_ENV)
+    if value is None:
+        return RETRY_DELAY_S
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay < float("inf"):
+        raise SpecError(f"{RETRY_DELAY_ENV}={value!r} is not a number of seconds: set it to one (0 or more) or unset it "
+                        f"(the default is {RETRY_DELAY_S:g})")
+    return delay
 
 
 @dataclass(frozen=True)
@@ -52,8 +71,9 @@ class ShardScheduler:
                  on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None],
                  placement_timeout: float = 600.0, describe_unplaced: Callable[[], str] = lambda: "no actor could be placed",
                  on_event: Callable[[str, int], None] = lambda counter, n: None,  # counter: a pipeline.metrics name
-                 on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None):
+                 on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None, retry_delay: float = RETRY_DELAY_S):
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
+        self.retry_delay = retry_delay
         self.placement_timeout, self.describe_unplaced, self.on_event, self.on_tick = placement_timeout, describe_unplaced, on_event, on_tick
         self.actors: list = []
         self.starting: dict[ray.ObjectRef, int] = {}  # ping ref -> slot
@@ -237,5 +257,5 @@ class ShardScheduler:
             self.note(f"retrying {message}")
             self.retries += 1
             self.on_event("shard_retries_total", 1)
-            self.not_before[shard.index] = time.monotonic() + RETRY_DELAY_S * self.attempts[shard.index]
+            self.not_before[shard.index] = time.monotonic() + self.retry_delay * self.attempts[shard.index]
             self.queue.appendleft(shard)

@@ -50,6 +50,17 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the --out folder
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_bad_retry_delay_in_the_environment_exits_2_before_anything_is_written(value, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NOVARCH_RETRY_DELAY_S", value)
+    code = run_cli(["--count", "8", "--out", str(tmp_path / "out")], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (f"novarch-batch: error: NOVARCH_RETRY_DELAY_S={value!r} is not a number of seconds: "
+                           "set it to one (0 or more) or unset it (the default is 5)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_out(tmp_path, monkeypatch, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -66,6 +66,7 @@ def test_actor_killed_mid_shard_is_replaced(ray_local, tmp_path):
 def test_failing_shard_stops_job_and_rerun_resumes(ray_local, tmp_path, monkeypatch):
     spec = build_spec(count=40, out=str(tmp_path), steps=2, shard_size=8, batch_size=8, actors=2, seed=9)
     monkeypatch.setenv(FAULT_ENV, "2")
+    monkeypatch.setenv("NOVARCH_RETRY_DELAY_S", "0.2")  # the retries' back-off, not its length, is what is tested
     with pytest.raises(driver.JobFailed, match=r"shard 2 \(ids 16-23\) attempt 3/3 failed: RuntimeError: fault injected.*gave up after 3 attempts"):
         driver.run(spec)
     job_dir = tmp_path / spec.job_id

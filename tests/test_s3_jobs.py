@@ -101,7 +101,8 @@ def test_store_outage_of_ten_seconds_is_ridden_out(ray_local, s3_server):
 def test_outage_beyond_the_retry_budget_fails_cleanly(s3_server, tmp_path):
     """The driver process exits 1 naming the problem; every committed shard has all its images."""
     out = f"s3://{s3_server.bucket}/down-{time.time_ns()}"
-    env = {**s3_server.env(), "NOVARCH_S3_MAX_ATTEMPTS": "2", "RAY_ADDRESS": "", "PATH": "/usr/bin:/bin"}
+    # Two botocore attempts per request and a 0.5 s back-off unit: the budget runs out in seconds, not 15 s.
+    env = {**s3_server.env(), "NOVARCH_S3_MAX_ATTEMPTS": "2", "NOVARCH_RETRY_DELAY_S": "0.5", "RAY_ADDRESS": "", "PATH": "/usr/bin:/bin"}
     cmd = [CLI, "submit", "--count", "64", "--steps", "4", "--shard-size", "8", "--batch-size", "4", "--actors", "2", "--out", out]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
