@@ -16,4 +16,5 @@ if ! $PY -c "import ray" 2>/dev/null && [ -f .ray-pack/ray-site.tar.xz ]; then
   mkdir -p "$WORK/ray" && xz -dc .ray-pack/ray-site.tar.xz | tar -x -C "$WORK/ray"
   export PYTHONPATH="$WORK/ray${PYTHONPATH:+:$PYTHONPATH}"
 fi
-$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+$PY -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
+  || { echo "$PY cannot import torch and diffusers: install them, or set PYTHON to an interpreter that has them" >&2; exit 1; }
