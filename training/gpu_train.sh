@@ -22,7 +22,8 @@ source benchmarks/from_checkout.sh
 train() {  # name, then train flags
   local name=$1; shift
   $PY -m novarch_batch.training.train --out "$WORK/$name" --device "$DEVICE" --steps 1000000 --warmup 200 \
-    --max-seconds "$TRAIN_SECONDS" --data-workers "$DATA_WORKERS" --log-every 50 "$@" > "$WORK/train-$name.log" 2>&1
+    --max-seconds "$TRAIN_SECONDS" --data-workers "$DATA_WORKERS" --log-every 50 "$@" > "$WORK/train-$name.log" 2>&1 \
+    || { echo "== $name failed:"; tail -n 20 "$WORK/train-$name.log"; }
   echo "== $name trained: $(tail -n 1 "$WORK/$name/train_log.jsonl")"
   # at most 16 MB per file comes back from a lent machine: a wide model's tar travels in parts (cat them)
   tar -C "$WORK" -cf - "$name" "train-$name.log" | split -b 15000000 -d - "$RESULTS/$name.tar.part"
