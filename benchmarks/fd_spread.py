@@ -1,0 +1,64 @@
+"""How far the FD ratio moves with the seed alone: one setting, several job seeds (MODEL.md, "How much a
+row's FD says").
+
+    python -m benchmarks.fd_spread --classes building,house --seeds 10,11,12,13,14 \
+        --out benchmarks/results/fd_spread-cpu.json
+
+Each row is images 0..count-1 of `submit --class NAME --seed S` at the given sampling flags (default:
+submit's), judged by `evaluate`; per class, the FD ratios of every seed, their median and their
+spread (max / min). A target such as "FD at most 10x the floor" or "within 1.2x of DDPM-1000" is
+only as sharp as this spread: two rows that differ by less than it are not told apart by one seed.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+import torch
+
+from benchmarks.common import machine, median, save
+from novarch_batch.pipeline.cli_options import sampling_option
+from novarch_batch.training.evaluate import evaluate_images
+from novarch_batch.training.judge import load_judge
+from novarch_batch.training.score_model import sample_images
+from novarch_batch.workers.generate import ImageGenerator
+from novarch_batch.workers.model import default_model_dir
+from novarch_batch.workers.spec import SamplingConfig
+
+
+@click.command()
+@click.option("--classes", default="building,house", show_default=True)
+@click.option("--seeds", default="10,11,12,13,14", show_default=True, help="Comma-separated job seeds (--seed).")
+@sampling_option("sampler")
+@sampling_option("steps")
+@sampling_option("guidance")
+@sampling_option("guidance_interval")
+@sampling_option("final_timestep")
+@sampling_option("spacing")
+@click.option("--count", default=1000, show_default=True)
+@click.option("--batch", default=500, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--out", default=None)
+def main(classes, seeds, sampler, steps, guidance, guidance_interval, final_timestep, spacing, count, batch, threads, out):
+    torch.set_num_threads(threads)
+    generator = ImageGenerator(default_model_dir(), "auto")
+    judge = load_judge()
+    rows, spread = [], {}
+    for class_name in classes.split(","):
+        ratios = []
+        for seed in map(int, seeds.split(",")):
+            sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                                      guidance_interval=guidance_interval, final_timestep=final_timestep, spacing=spacing)
+            metrics = evaluate_images(sample_images(generator, sampling, count, batch), class_name, judge)
+            rows.append({"class": class_name, "seed": seed, "purity": metrics["purity"], "fd_ratio": metrics["fd_ratio"]})
+            ratios.append(metrics["fd_ratio"])
+            click.echo(json.dumps(rows[-1]))
+        spread[class_name] = {"median": median(ratios), "min": min(ratios), "max": max(ratios), "max_over_min": max(ratios) / min(ratios)}
+        click.echo(json.dumps({class_name: spread[class_name]}))
+    settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
+                "final_timestep": final_timestep, "spacing": spacing, "count": count}
+    save({"machine": machine(), "settings": settings, "rows": rows, "spread": spread}, out)
+
+
+if __name__ == "__main__":
+    main()
