@@ -53,7 +53,8 @@ TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last ste
 # deterministic solver's error is made, near pure noise (the class and layout) and near the clean
 # image (the edges). Measured in MODEL.md ("Where the steps lie"): dpmpp-2m's FD to the floor at
 # 10 steps 19 -> 4.5 for any, DDPM-1000's; for the default sampler without guidance, building 3.8,
-# house 7.5 in 10 evaluations (trailing with guidance 1.5: 9.5, 7.3 in 13). rho = 7 is EDM's.
+# house 7.5 in 10 evaluations (trailing with guidance 1.5: 9.5, 7.3 in 13) at one seed; over five
+# seeds houses spread 7.0-14.4 (trailing, guided: 4.4-7.3; MODEL.md, "How much one row says"). rho = 7 is EDM's.
 SPACINGS = ("trailing", "karras")
 KARRAS_RHO = 7.0
 KARRAS_TOP = 0.95  # of T: t = 950, sigma 13; from t = 998 up, sigma grows to 660 and then infinity
@@ -176,7 +177,7 @@ class SamplingConfig:
                              flag="--class", metavar="CLASS", column="class_label")
     sampler: str = option("dpmpp-2m-sde", "Reverse sampler. Network evaluations per image and quality "
                           "(MODEL.md, BENCHMARKS.md): dpmpp-2m-sde at the defaults (10 steps, no guidance) = 10, "
-                          "purity 0.976-0.986, FD 3.4-7.5x the floor; at guidance 2 on the trailing grid, "
+                          "purity 0.976-0.986, FD 3.4-7.5x the floor (houses: 7-14x, by --seed); at guidance 2 on the trailing grid, "
                           "guided at every step: ddpm 1000 steps = 2000, purity 0.97-0.99, FD 5-9x; dpmpp-2m 10 steps = 20, purity 0.91-0.98, "
                           "FD 27-69x (with --spacing karras and the last step at 8: purity 0.955-0.995, FD 4.5-37x); distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 2.5x the default's images/s.", choices=tuple(SAMPLER_OPTIONS))
@@ -202,7 +203,8 @@ class SamplingConfig:
                           "karras = a first step from pure noise, then evenly in sigma^(1/7) (Karras et al. 2022) from "
                           "t = 950 down to the last step (999, 950, 915, 850, 729, 527, 291, 123, 40, 8): more steps near "
                           "pure noise and near the clean image. At the defaults, FD to the floor 3.8 / 7.5 / 3.4 for "
-                          "building / house / any (trailing, guided 1.5: 9.5 / 7.3 / 4.7 in 13 evaluations); for the "
+                          "building / house / any (over five seeds: building 3.6-5.1, house 7.0-14.4; trailing, guided "
+                          "1.5: 9.5 / 7.3 / 4.7 in 13 evaluations, house 4.4-7.3 over five seeds); for the "
                           "deterministic dpmpp-2m at 10 steps 19 -> 4.5 for any (DDPM-1000: 4.8) (MODEL.md, 'Where the "
                           f"steps lie'). At most {KARRAS_MAX_STEPS} steps; --sampler distilled keeps the student's grid.",
                           choices=SPACINGS, before="trailing")
