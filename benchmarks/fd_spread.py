@@ -17,13 +17,12 @@ import click
 import torch
 
 from benchmarks.common import machine, median, save
+from benchmarks.sampler_quality import sample_class
 from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.judge import load_judge
-from novarch_batch.training.score_model import sample_images
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
-from novarch_batch.workers.spec import SamplingConfig
 
 
 @click.command()
@@ -47,9 +46,9 @@ def main(classes, seeds, sampler, steps, guidance, guidance_interval, final_time
     for class_name in classes.split(","):
         ratios = []
         for seed in map(int, seeds.split(",")):
-            sampling = SamplingConfig(class_name=class_name, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                                      guidance_interval=guidance_interval, final_timestep=final_timestep, spacing=spacing)
-            metrics = evaluate_images(sample_images(generator, sampling, count, batch), class_name, judge)
+            images = sample_class(generator, class_name, count, sampler, steps, guidance, seed, batch, guidance_interval,
+                                  final_timestep, spacing)
+            metrics = evaluate_images(images, class_name, judge)
             rows.append({"class": class_name, "seed": seed, "purity": metrics["purity"], "fd_ratio": metrics["fd_ratio"]})
             ratios.append(metrics["fd_ratio"])
             click.echo(json.dumps(rows[-1]))
