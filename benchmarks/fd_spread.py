@@ -1,8 +1,8 @@
-"""How far the FD ratio moves with the seed alone: one setting, several job seeds (MODEL.md, "How much a
-row's FD says").
+"""How far the FD ratio moves with the seed alone: one setting, several job seeds (MODEL.md, "How much
+one row says").
 
     python -m benchmarks.fd_spread --classes building,house --seeds 10,11,12,13,14 \
-        --out benchmarks/results/fd_spread-cpu.json
+        --out benchmarks/results/fd_spread-sde-g1-cpu.json
 
 Each row is images 0..count-1 of `submit --class NAME --seed S` at the given sampling flags (default:
 submit's), judged by `evaluate`; per class, the FD ratios of every seed, their median and their

@@ -53,8 +53,8 @@ TRAILING_GRID = MAX_STEPS - 1  # --final-timestep that lowers no grid's last ste
 # deterministic solver's error is made, near pure noise (the class and layout) and near the clean
 # image (the edges). Measured in MODEL.md ("Where the steps lie"): dpmpp-2m's FD to the floor at
 # 10 steps 19 -> 4.5 for any, DDPM-1000's; for the default sampler without guidance, building 3.8,
-# house 7.5 in 10 evaluations (trailing with guidance 1.5: 9.5, 7.3 in 13) at one seed; over five
-# seeds houses spread 7.0-14.4 (trailing, guided: 4.4-7.3; MODEL.md, "How much one row says"). rho = 7 is EDM's.
+# house 7.5 in 10 evaluations (trailing with guidance 1.5: 9.5, 7.3 in 13), at one seed (the spread
+# over seeds: MODEL.md, "How much one row says"). rho = 7 is EDM's.
 SPACINGS = ("trailing", "karras")
 KARRAS_RHO = 7.0
 KARRAS_TOP = 0.95  # of T: t = 950, sigma 13; from t = 998 up, sigma grows to 660 and then infinity
