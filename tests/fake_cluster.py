@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.procs import kill_ray_cluster, parent_pid, wait_for
+from tests.procs import kill_ray_cluster, parent_pid, processes, wait_for
 from tests.ray_head import free_port
 
 BIN = Path(sys.executable).parent
@@ -35,13 +35,13 @@ class FakeCluster:
     def node_pids(self, node_id: str) -> list[int]:
         """The processes of one fake worker node: its raylet and the workers it started (actors), as a
         lost VM takes them all. `node_id` as ray.nodes() shows it."""
-        raylets = [pid for pid, argv in _processes() if self.temp_dir in argv and "raylet/raylet" in argv and f"--node_id={node_id}" in argv]
-        return raylets + [pid for pid, _ in _processes() if parent_pid(pid) in raylets]
+        raylets = [pid for pid, argv in processes() if self.temp_dir in argv and "raylet/raylet" in argv and f"--node_id={node_id}" in argv]
+        return raylets + [pid for pid, _ in processes() if parent_pid(pid) in raylets]
 
     def worker_node_ids(self) -> list[str]:
         """Ids of the fake worker nodes: every raylet of this cluster but the head's (the child of `ray start`)."""
         ids = []
-        for pid, argv in _processes():
+        for pid, argv in processes():
             if self.temp_dir in argv and "raylet/raylet" in argv and "--node_id=" in argv and parent_pid(pid) != self.head_pgid:
                 ids.append(argv.split("--node_id=", 1)[1].split()[0])
         return ids
@@ -51,17 +51,6 @@ def _listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
     return False
-
-
-def _processes() -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
-            except OSError:
-                continue
-    return found
 
 
 def cluster_config(gcs_address: str, worker_resources: dict, max_workers: int, idle_minutes: float) -> dict:
@@ -104,11 +93,11 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
                                                      "object-manager-port")]]
     head = subprocess.Popen(cmd, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: any("monitor.py" in argv and f":{port}" in argv for _, argv in _processes()), 60,
+        wait_for(lambda: any("monitor.py" in argv and f":{port}" in argv for _, argv in processes()), 60,
                  "the head's autoscaler", interval=0.5)
         # A loaded machine can start the monitor before the head's raylet is up and the GCS answers;
         # a driver that connects then fails to reach the cluster.
-        wait_for(lambda: any("raylet" in argv and temp_dir in argv for _, argv in _processes()) and _listening(port), 60,
+        wait_for(lambda: any("raylet" in argv and temp_dir in argv for _, argv in processes()) and _listening(port), 60,
                  "the head's raylet and GCS", interval=0.5)
         yield FakeCluster(gcs_address, temp_dir, config, head.pid, metrics_port)
     finally:

@@ -10,18 +10,21 @@ import time
 from pathlib import Path
 
 
-def pids_with_title(fragment: str) -> list[int]:
-    """PIDs whose command line contains fragment (Ray titles actor processes 'ray::Class.method')."""
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every process now, arguments joined by spaces."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
             except OSError:
                 continue
-            if fragment in cmdline:
-                found.append(int(entry.name))
     return found
+
+
+def pids_with_title(fragment: str) -> list[int]:
+    """PIDs whose command line contains fragment (Ray titles actor processes 'ray::Class.method')."""
+    return [pid for pid, cmdline in processes() if fragment in cmdline]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -50,8 +53,9 @@ def kill_ray_cluster(head: subprocess.Popen, temp_dir: str) -> None:
     group, every process whose command line names its temp dir (the raylets of the nodes an autoscaler
     added) and their children (workers, titled ray::...). A throwaway cluster needs no orderly stop,
     and Ray's takes 5 s or more; then its temp dir goes."""
-    named = [pid for pid in pids_with_title(temp_dir) if pid != os.getpid()]
-    children = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit() and parent_pid(int(entry.name)) in named]
+    running = processes()
+    named = [pid for pid, cmdline in running if temp_dir in cmdline and pid != os.getpid()]
+    children = [pid for pid, _ in running if parent_pid(pid) in named]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
     for pid in named + children:
