@@ -12,6 +12,7 @@ only as sharp as this spread: two rows that differ by less than it are not told 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import torch
@@ -26,6 +27,7 @@ from novarch_batch.workers.model import default_model_dir
 
 
 @click.command()
+@click.option("--model", default=None, help="Model folder (default: the shipped novarch-tiny).")
 @click.option("--classes", default="building,house", show_default=True)
 @click.option("--seeds", default="10,11,12,13,14", show_default=True, help="Comma-separated job seeds (--seed).")
 @sampling_option("sampler")
@@ -38,9 +40,10 @@ from novarch_batch.workers.model import default_model_dir
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", default=None)
-def main(classes, seeds, sampler, steps, guidance, guidance_interval, final_timestep, spacing, count, batch, threads, out):
+def main(model, classes, seeds, sampler, steps, guidance, guidance_interval, final_timestep, spacing, count, batch, threads, out):
     torch.set_num_threads(threads)
-    generator = ImageGenerator(default_model_dir(), "auto")
+    folder = Path(model) if model else default_model_dir()
+    generator = ImageGenerator(folder, "auto")
     judge = load_judge()
     rows, spread = [], {}
     for class_name in classes.split(","):
@@ -56,7 +59,7 @@ def main(classes, seeds, sampler, steps, guidance, guidance_interval, final_time
         click.echo(json.dumps({class_name: spread[class_name]}))
     settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
                 "final_timestep": final_timestep, "spacing": spacing, "count": count}
-    save({"machine": machine(), "settings": settings, "rows": rows, "spread": spread}, out)
+    save({"machine": machine(), "model": {"folder": str(folder), "weights_sha256": generator.info.sha256}, "settings": settings, "rows": rows, "spread": spread}, out)
 
 
 if __name__ == "__main__":

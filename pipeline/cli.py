@@ -257,7 +257,7 @@ for command in (storage, evaluate, preview, explain):
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
 @click.pass_context
 def train(ctx):
-    """Train NovArch-tiny from scratch (`novarch-batch train --help` for its flags; MODEL.md)."""
+    """Train NovArch-tiny, from scratch or on from a model folder (`--init-from`); `novarch-batch train --help` has its flags, MODEL.md the shipped runs."""
     from novarch_batch.training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
 
     train_main.main(args=ctx.args, prog_name="novarch-batch train")

@@ -14,7 +14,7 @@ from novarch_batch.training.peaks import house_trajectories, render_peaks, share
 from novarch_batch.training.judge import default_folder, load_judge, predict_proba
 from novarch_batch.training.metrics import frechet_distance, nearest_l2
 from novarch_batch.training.preview import render_grid
-from novarch_batch.training.train import TrainConfig, train
+from novarch_batch.training.train import StartWeightsError, TrainConfig, train
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
 
@@ -48,6 +48,23 @@ def test_smoke_training_is_reproducible(smoke_folder, tmp_path):
     a = (smoke_folder / "train_log.jsonl").read_text().splitlines()
     b = (tmp_path / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["loss"] for x in a] == [json.loads(x)["loss"] for x in b]
+
+
+def test_a_run_goes_on_from_init_from_weights(smoke_folder, tmp_path):
+    # at lr 0 the run changes nothing: the weights written are the start's, and novarch.json names it
+    from novarch_batch.storage import sha256_file
+
+    out = tmp_path / "continued"
+    train(TrainConfig(out=str(out), steps=2, batch_size=4, warmup=2, threads=1, lr=0.0, init_from=str(smoke_folder)))
+    start, after = (UNet2DModel.from_pretrained(f, use_safetensors=True).state_dict() for f in (smoke_folder, out))
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    meta = json.loads((out / "novarch.json").read_text())
+    assert meta["init_from"]["weights_sha256"] == sha256_file(smoke_folder / "diffusion_pytorch_model.safetensors")
+    assert meta["init_from"]["steps_done"] == 3 and "--init-from START" in meta["reproduce"]
+    # other weights are never trained on: the widths must match
+    with pytest.raises(StartWeightsError, match="pass --channels 32,64,64"):
+        train(TrainConfig(out=str(tmp_path / "wide"), steps=1, channels=(64, 64, 64), init_from=str(smoke_folder)))
+    assert not (tmp_path / "wide").exists()
 
 
 def test_bad_config_names_the_fix():

@@ -20,9 +20,14 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import DEFAULT_CHANNELS, NULL_LABEL, build_scheduler, build_unet, save_model_folder
+from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
 from novarch_batch.workers.schedules import alphas_cumprod_for
 
 TRAIN_DATA_SEED = 1000  # the judge and the evaluation sets use other seeds (see training/evaluate.py)
+
+
+class StartWeightsError(ValueError):
+    """--init-from names weights this run cannot go on training; the message names the flag to change."""
 
 
 PROBE_FROM = 20  # --max-seconds times steps PROBE_FROM..warmup (past start-up, before the schedule needs its length)
@@ -48,6 +53,7 @@ class TrainConfig:
     device: str = "cpu"  # "cuda" trains the same model on a GPU
     data_workers: int = 0  # processes painting batches ahead of the trainer (0: in the trainer)
     max_seconds: float | None = None  # fit the run into this time: the step count is set from a timed probe
+    init_from: str | None = None  # a model folder whose weights the run starts from (training goes on from it)
     ckpt_dir: str | None = None
     ckpt_every: int = 500
     log_every: int = 10
@@ -161,8 +167,10 @@ def train(cfg: TrainConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    unet = build_unet(cfg.channels).to(device)
+    unet = build_unet(cfg.channels)
     scheduler = build_scheduler(cfg.prediction_type, cfg.zero_terminal_snr)
+    start_from = load_start_weights(unet, scheduler, cfg.init_from) if cfg.init_from else None
+    unet = unet.to(device)
     alphas_cumprod = alphas_cumprod_for(dict(scheduler.config)).to(device)  # the samplers' own schedule maths
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -198,8 +206,33 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 recent = []
             if cfg.ckpt_dir and (step + 1) % cfg.ckpt_every == 0:
-                save_model_folder(ema, scheduler, cfg.ckpt_dir, _meta(cfg, step + 1, start, partial=True))
-    return save_model_folder(ema, scheduler, out, _meta(cfg, min(step + 1, total), start, partial=False))
+                save_model_folder(ema, scheduler, cfg.ckpt_dir, _meta(cfg, step + 1, start, True, start_from))
+    return save_model_folder(ema, scheduler, out, _meta(cfg, min(step + 1, total), start, False, start_from))
+
+
+def load_start_weights(unet, scheduler, folder: str) -> dict:
+    """Copy a trained model's weights into `unet` (the run goes on training them); return what they were.
+
+    The folder must hold the model this run would build: the same widths, prediction type and noise
+    schedule (the weights mean nothing under another), else StartWeightsError names the flag to change.
+    """
+    try:
+        info = ModelInfo.read(Path(folder))
+    except ModelError as err:  # its message speaks of --model
+        raise StartWeightsError(str(err).replace("--model", "--init-from", 1)) from None
+    theirs = info.scheduler_config
+    for key, flag in (("prediction_type", "--prediction-type"), ("rescale_betas_zero_snr", "--zero-terminal-snr")):
+        if theirs.get(key, False) != scheduler.config[key]:
+            raise StartWeightsError(f"--init-from {folder} has {key}={theirs.get(key)!r}, this run {scheduler.config[key]!r}: "
+                             f"set {flag} to match it")
+    start = load_unet(Path(folder), torch.device("cpu"))
+    if tuple(start.config.block_out_channels) != tuple(unet.config.block_out_channels):
+        raise StartWeightsError(f"--init-from {folder} has widths {list(start.config.block_out_channels)}: "
+                         f"pass --channels {','.join(map(str, start.config.block_out_channels))}")
+    unet.load_state_dict(start.state_dict())
+    meta = json.loads((Path(folder) / "novarch.json").read_text())
+    return {"folder": str(folder), "weights_sha256": info.sha256, "steps_done": meta.get("steps_done"),
+            "hardware": meta.get("hardware"), "reproduce": meta.get("reproduce")}
 
 
 def planned_steps(cfg: TrainConfig, step: int, probe_seconds: float, elapsed: float) -> int:
@@ -208,7 +241,7 @@ def planned_steps(cfg: TrainConfig, step: int, probe_seconds: float, elapsed: fl
     return max(step + 1, min(cfg.steps, step + int(rate * (cfg.max_seconds - elapsed))))
 
 
-def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool) -> dict:
+def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool, start_from: dict | None) -> dict:
     return {
         "trained": True,
         "partial_checkpoint": partial,
@@ -220,6 +253,8 @@ def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool) -> dic
         "hardware": torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
         # the same run again, without the clock: the step count it made replaces --max-seconds
         "reproduce": reproduce_command(cfg, steps_done),
+        # a continued run: the weights it started from (their own run is their novarch.json's `reproduce`)
+        **({"init_from": start_from} if start_from else {}),
     }
 
 
@@ -229,6 +264,8 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
              f"--ema-decay {cfg.ema_decay:g}", f"--label-dropout {cfg.label_dropout:g}",
              f"--prediction-type {cfg.prediction_type}", "--zero-terminal-snr" if cfg.zero_terminal_snr else "--no-zero-terminal-snr",
              f"--channels {','.join(map(str, cfg.channels))}", f"--data-seed {cfg.data_seed}", f"--seed {cfg.seed}"]
+    if cfg.init_from:
+        flags.append("--init-from START")  # the folder named in novarch.json's init_from
     return "novarch-batch train --out OUT " + " ".join(flags) + f" --device {cfg.device}"
 
 
@@ -255,6 +292,9 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
               help="Processes painting training batches ahead (a GPU needs several).")
 @click.option("--max-seconds", default=None, type=float,
               help="Fit the run into this many seconds: the step count comes from the warmup's pace and is recorded.")
+@click.option("--init-from", default=None,
+              help="Model folder to go on training from (same --channels, --prediction-type and schedule); "
+                   "novarch.json records it.")
 @click.option("--ckpt-dir", default=None, help="Folder for periodic EMA checkpoints.")
 @click.option("--ckpt-every", default=TrainConfig.ckpt_every, show_default=True, type=int)
 @click.option("--log-every", default=TrainConfig.log_every, show_default=True, type=int,
@@ -266,7 +306,10 @@ def main(**kwargs) -> None:
         cfg = TrainConfig(**kwargs)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
-    folder = train(cfg)
+    try:
+        folder = train(cfg)
+    except StartWeightsError as err:  # raised before anything is written
+        raise click.UsageError(str(err)) from err
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     click.echo(f"saved {folder} ({size / 1e6:.1f} MB)")
 
