@@ -36,7 +36,7 @@ def _runtime_error(e: Exception) -> None:
 @click.argument("job_url")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(job_url, as_json):
-    """Judge a job's images: purity, class accuracy or balance, Fréchet distance, memorisation."""
+    """Judge a job's images: purity, class accuracy or balance, Fréchet distance over the judge's features and over the scene factors (MODEL.md), memorisation."""
     from novarch_batch.storage import StorageError
     from novarch_batch.training.evaluate import evaluate_images, format_report
 

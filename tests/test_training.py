@@ -7,13 +7,14 @@ import torch
 from diffusers import UNet2DModel
 from PIL import Image
 
-from novarch_batch.training.dataset import make_images
+from novarch_batch.training.dataset import SCENE_FACTORS, make_images, scene_factors
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.explain import FRAMES, SCALE, render_explain
 from novarch_batch.training.peaks import house_trajectories, render_peaks, share_between
 from novarch_batch.training.judge import default_folder, load_judge, predict_proba
 from novarch_batch.training.metrics import frechet_distance, nearest_l2
 from novarch_batch.training.preview import render_grid
+from novarch_batch.training.scene import load_scene_reader, read_factors
 from novarch_batch.training.train import StartWeightsError, TrainConfig, train
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
@@ -116,6 +117,36 @@ def test_missing_judge_says_how_to_train_it(tmp_path):
         load_judge(tmp_path)
 
 
+def test_shipped_scene_reader_reads_what_a_scene_shows():
+    reader = load_scene_reader()
+    assert (default_folder("novarch-scene") / "scene.json").is_file()
+    images, _ = make_images(np.arange(400), FRESH_SEED)
+    truth, read = scene_factors(np.arange(400), FRESH_SEED), read_factors(reader, images)
+    r2 = dict(zip(SCENE_FACTORS, 1 - ((read - truth) ** 2).mean(0) / truth.var(0)))
+    assert min(r2[name] for name in ("house", "dusk", "horizon", "left", "width", "height", "top")) > 0.9, r2
+    assert np.abs(read - truth)[:, SCENE_FACTORS.index("width")].mean() < 1.0  # pixels
+
+
+def test_the_two_feature_spaces_weigh_softness_and_scenes_differently():
+    # pool real houses of one seed: a 25% blur changes how they are drawn, keeping only daytime
+    # scenes changes what they show; the judge's FD weighs the first, the scene FD the second
+    pool, labels = make_images(np.arange(2400), FRESH_SEED)
+    dusk = scene_factors(np.arange(2400), FRESH_SEED)[:, SCENE_FACTORS.index("dusk")] == 1
+    houses = pool[labels == 1][:500]
+    x = houses.astype(np.float32)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = np.rint(0.75 * x + 0.25 * sum(padded[:, i:i + 32, j:j + 32] for i in range(3) for j in range(3)) / 9)
+    soft = evaluate_images(blurred.astype(np.uint8), "house")
+    daytime = evaluate_images(pool[(labels == 1) & ~dusk][:500], "house")
+    assert soft["fd_ratio"] > 5 and soft["fd_scene_ratio"] < 2, soft
+    assert daytime["fd_scene_ratio"] > 10 and daytime["scene_mean_shift"]["dusk"] < -0.5, daytime
+
+
+def test_missing_scene_reader_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m novarch_batch.training.scene"):
+        load_scene_reader(tmp_path)
+
+
 def test_frechet_distance():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 16))
@@ -137,6 +168,7 @@ def test_evaluate_real_images_meets_every_target():
     houses = evaluate_images(images[labels == 1], "house")
     assert houses["conditional_accuracy"] > 0.95 and houses["balance"] is None
     assert 0 < houses["fd"] < 3 * houses["fd_floor"]  # against real houses only
+    assert 0 < houses["fd_scene"] < 3 * houses["fd_scene_floor"] and max(map(abs, houses["scene_mean_shift"].values())) < 0.5  # ~100 houses: 0.1 sd of noise
     with pytest.raises(ValueError, match="building, house or any"):
         evaluate_images(images, "castle")
 

@@ -13,6 +13,8 @@ BUILDING, HOUSE = 0, 1
 N_PARAMS = 64  # uniforms per image; fixed so adding a feature never shifts the others
 CHUNK = 512  # images painted at once: keeps the masks in cache (~2.5x faster than 5,000 at once)
 N_LIT = 100  # window-lit bits per image: a 10x10 grid covers the tallest building
+HOUSE_Q, BUILDING_Q = slice(24, 40), slice(40, 56)  # each structure's own parameters
+CLOUD_SHOWN, TREE_SHOWN = 0.6, 0.55  # a cloud or tree is drawn when its parameter is below this
 
 _YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 _YY, _XX = _YY[None] + 0.5, _XX[None] + 0.5  # pixel centres, (1, H, W)
@@ -78,9 +80,13 @@ def _sky_and_ground(img, p, dusk, ground_y):
     for k in range(2):  # up to two clouds, each two overlapping puffs
         c = p[:, 5 + 4 * k: 9 + 4 * k]
         cx, cy, rx = c[:, 0] * 36 - 2, 2.5 + c[:, 1] * 8, 2.5 + c[:, 2] * 3.5
-        shown = _c(c[:, 3] < 0.6)
+        shown = _c(c[:, 3] < CLOUD_SHOWN)
         _paint(img, shown & (_ellipse(cx, cy, rx, 1.6) | _ellipse(cx + rx * 0.4, cy - 1, rx * 0.6, 1.5)), cloud)
-    _paint(img, _YY >= _c(ground_y), _pick(GROUNDS, p[:, 13], p[:, 14], 12) * np.where(dusk, 0.75, 1.0)[:, None])
+    _paint(img, _YY >= _c(ground_y), _ground_colour(p, dusk))
+
+
+def _ground_colour(p, dusk):
+    return _pick(GROUNDS, p[:, 13], p[:, 14], 12) * np.where(dusk, 0.75, 1.0)[:, None]
 
 
 def _trees(img, p, dusk, ground_y, x0, x1):
@@ -91,7 +97,7 @@ def _trees(img, p, dusk, ground_y, x0, x1):
         gap = 1.0 + t[:, 1] * 3
         cx = np.where(side < 0, x0 - gap - r, x1 + gap + r)
         trunk_h = 2 + _ints(t[:, 2], 0, 2)
-        shown = _c(t[:, 3] < 0.55)
+        shown = _c(t[:, 3] < TREE_SHOWN)
         _paint(img, shown & _rect(cx - 0.5, cx + 0.5, ground_y - trunk_h, ground_y), np.full((len(p), 3), [90, 60, 35]))
         leaves = _pick(FOLIAGE, t[:, 1], t[:, 0], 12) * np.where(dusk, 0.7, 1.0)[:, None]
         _paint(img, shown & _ellipse(cx, ground_y - trunk_h - r + 0.8, r, r * 1.1), leaves)
@@ -103,15 +109,24 @@ def _extent(q, lo, hi):
     return 1 + np.floor(q[:, 2] * (31 - w)).astype(np.int64), w
 
 
-def _house(img, p, _lit_bits, dusk, ground_y):
-    q = p[:, 24:40]
+def _house_shape(q):
+    """Left edge, width, body height and roof height of each house, from its parameters q."""
     x0, w = _extent(q, 14, 21)
-    h = _ints(q[:, 1], 7, 10)
+    return x0, w, _ints(q[:, 1], 7, 10), 4 + _ints(q[:, 6], 0, 4)
+
+
+def _house_wall(q, dusk):
+    return _pick(HOUSE_WALLS, q[:, 3], q[:, 4]) * np.where(dusk, 0.8, 1.0)[:, None]
+
+
+def _house(img, p, _lit_bits, dusk, ground_y):
+    q = p[:, HOUSE_Q]
+    x0, w, h, rh = _house_shape(q)
     x1, y0 = x0 + w, ground_y - h
     shade = np.where(dusk, 0.8, 1.0)[:, None]
-    _paint(img, _rect(x0, x1, y0, ground_y), _pick(HOUSE_WALLS, q[:, 3], q[:, 4]) * shade)
+    _paint(img, _rect(x0, x1, y0, ground_y), _house_wall(q, dusk))
     # pitched roof: a triangle from the eaves (overhang 1-2 px) up to the ridge at the centre
-    over, rh = _ints(q[:, 5], 1, 2), 4 + _ints(q[:, 6], 0, 4)
+    over = _ints(q[:, 5], 1, 2)
     half, cx, apex = w / 2 + over, (x0 + x1) / 2, y0 - rh
     depth = (_YY - _c(apex)) / _c(rh)  # 0 at the ridge, 1 at the eaves
     roof = (depth >= 0) & (_YY < _c(y0)) & (np.abs(_XX - _c(cx)) <= _c(half) * depth + 0.5)
@@ -130,13 +145,21 @@ def _house(img, p, _lit_bits, dusk, ground_y):
     _paint(img, _rect(door_x, door_x + 3, ground_y - door_h, ground_y), _pick(DOORS, q[:, 14], q[:, 15], 10))
 
 
-def _building(img, p, lit_bits, dusk, ground_y):
-    q = p[:, 40:56]
+def _building_shape(q, ground_y):
+    """Left edge, width and height of each tower (at most to one pixel below the top), from its parameters q."""
     x0, w = _extent(q, 8, 14)
-    h = np.minimum(_ints(q[:, 1], 16, 27), ground_y - 1)
+    return x0, w, np.minimum(_ints(q[:, 1], 16, 27), ground_y - 1)
+
+
+def _building_wall(q, dusk):
+    return _pick(TOWER_WALLS, q[:, 3], q[:, 4]) * np.where(dusk, 0.75, 1.0)[:, None]
+
+
+def _building(img, p, lit_bits, dusk, ground_y):
+    q = p[:, BUILDING_Q]
+    x0, w, h = _building_shape(q, ground_y)
     x1, y0 = x0 + w, ground_y - h
-    shade = np.where(dusk, 0.75, 1.0)[:, None]
-    wall = _pick(TOWER_WALLS, q[:, 3], q[:, 4]) * shade
+    wall = _building_wall(q, dusk)
     _paint(img, _rect(x0, x1, y0, ground_y), wall)
     _paint(img, _rect(x0 - 1, x1 + 1, y0, y0 + 1), wall * 0.65)  # flat roof with a parapet
     box = q[:, 5] < 0.4  # a rooftop plant room on some roofs
@@ -159,6 +182,11 @@ def _building(img, p, lit_bits, dusk, ground_y):
     _paint(img, _rect(door_x, door_x + 3, ground_y - 3, ground_y), wall * 0.45)
 
 
+def _scene(p):
+    """Each image's label, time of day (dusk) and horizon row."""
+    return (p[:, 0] < 0.5).astype(np.int64), p[:, 1] < 0.3, 23 + _ints(p[:, 2], 0, 4)
+
+
 def make_images(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 (N, 32, 32, 3) and labels int64 (N,) (0 building, 1 house) for `indices`."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -167,14 +195,12 @@ def make_images(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
         return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
     p, lit_bits = _params(indices, seed)
     n = len(indices)
-    labels = (p[:, 0] < 0.5).astype(np.int64)
-    dusk = p[:, 1] < 0.3
-    ground_y = 23 + _ints(p[:, 2], 0, 4)
+    labels, dusk, ground_y = _scene(p)
     img = np.empty((n, 3, SIZE, SIZE), np.float32)
     _sky_and_ground(img, p, dusk, ground_y)
     house = labels == HOUSE
-    hx0, hw = _extent(p[:, 24:40], 14, 21)
-    bx0, bw = _extent(p[:, 40:56], 8, 14)
+    hx0, hw, *_ = _house_shape(p[:, HOUSE_Q])
+    bx0, bw, _ = _building_shape(p[:, BUILDING_Q], ground_y)
     x0, w = np.where(house, hx0, bx0), np.where(house, hw, bw)
     _trees(img, p, dusk, ground_y, x0, x0 + w)
     # each class is painted on its own sub-batch: no mask work is spent on the other class
@@ -185,3 +211,29 @@ def make_images(indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
             img[sel] = sub
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img.transpose(0, 2, 3, 1)), labels  # (N, H, W, 3)
+
+
+SCENE_FACTORS = ("house", "dusk", "horizon", "left", "width", "height", "top", "trees", "clouds",
+                 "wall_r", "wall_g", "wall_b", "ground_r", "ground_g", "ground_b")
+
+
+def scene_factors(indices: np.ndarray, seed: int) -> np.ndarray:
+    """What each image of make_images(indices, seed) shows, as float32 (N, len(SCENE_FACTORS)).
+
+    The structure's left edge, width and height (body) in pixels and its top row (a house's ridge,
+    a tower's roof), the horizon row, how many trees and clouds are drawn, and the wall and ground
+    colours (0-255, before rounding); computed from the same parameters as the pixels.
+    """
+    p, _ = _params(np.asarray(indices, dtype=np.int64).reshape(-1), seed)
+    labels, dusk, ground_y = _scene(p)
+    house = labels == HOUSE
+    hx0, hw, hh, rh = _house_shape(p[:, HOUSE_Q])
+    bx0, bw, bh = _building_shape(p[:, BUILDING_Q], ground_y)
+    height = np.where(house, hh, bh)
+    top = ground_y - height - np.where(house, rh, 0)
+    trees = (p[:, [18, 22]] < TREE_SHOWN).sum(1)  # parameter 3 of each tree's four (see _trees)
+    clouds = (p[:, [8, 12]] < CLOUD_SHOWN).sum(1)  # parameter 3 of each cloud's four (see _sky_and_ground)
+    wall = np.where(house[:, None], _house_wall(p[:, HOUSE_Q], dusk), _building_wall(p[:, BUILDING_Q], dusk))
+    columns = [labels, dusk, ground_y, np.where(house, hx0, bx0), np.where(house, hw, bw), height, top, trees, clouds,
+               *wall.T, *_ground_colour(p, dusk).T]
+    return np.stack([np.asarray(c, np.float32) for c in columns], axis=1)

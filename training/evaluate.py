@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from novarch_batch.training.dataset import make_images
+from novarch_batch.training.dataset import SCENE_FACTORS, make_images
 from novarch_batch.training.export import CLASSES
 from novarch_batch.training.judge import JUDGE_CLASSES, Judge, features, load_judge, predict_proba
 from novarch_batch.training.metrics import frechet_distance, nearest_l2
+from novarch_batch.training.scene import SceneReader, load_scene_reader, scene_features
 from novarch_batch.training.train import TRAIN_DATA_SEED
 
 REAL_SEED = 3000  # real reference set; disjoint from novarch_batch.training (1000) and judge (2000, 2001)
@@ -16,27 +17,30 @@ N_TRAIN_REFERENCE = 5000  # training images searched for each sample's nearest n
 N_NEAREST = 8  # samples checked for memorisation
 
 
-def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge | None = None) -> dict:
-    """Metrics for uint8 (N, 32, 32, 3) images sampled for `requested_class` (building, house or any)."""
+def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge | None = None,
+                    reader: SceneReader | None = None) -> dict:
+    """Metrics for uint8 (N, 32, 32, 3) images sampled for `requested_class` (building, house or any).
+
+    Two Fréchet distances, each with its real-vs-real floor: over the judge's features (`fd`) and
+    over the scene factors the scene reader sees (`fd_scene`, training/scene.py says why).
+    """
     images = np.asarray(images_uint8)
     if requested_class not in (*CLASSES, "any"):
         raise ValueError(f"requested_class must be one of {', '.join(CLASSES)} or any, got {requested_class!r}")
     if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3) or len(images) < 2:
         raise ValueError(f"need at least 2 uint8 images of shape (32, 32, 3), got {images.dtype} {images.shape}")
-    judge = judge or load_judge()
+    judge, reader = judge or load_judge(), reader or load_scene_reader()
     n = len(images)
     probs = predict_proba(judge, images)  # (N, 3): building, house, neither
     judged = probs.argmax(1)
     shares = {name: float((judged == k).mean()) for k, name in enumerate(JUDGE_CLASSES)}
     real = real_images(n, requested_class, REAL_SEED)
-    real_feats = features(judge, real)
-    # the median over several real sets: with two classes the features are bimodal, so one pair's
-    # distance swings with its class shares (at N=1000 a 2-point share difference moves it ~5x)
-    fd_floor = float(np.median([frechet_distance(real_feats, features(judge, real_images(n, requested_class, s)))
-                                for s in FLOOR_SEEDS]))
+    floor_sets = [real_images(n, requested_class, s) for s in FLOOR_SEEDS]
+    fd, fd_floor = distance_and_floor(lambda x: features(judge, x), images, real, floor_sets)
+    fd_scene, fd_scene_floor = distance_and_floor(lambda x: scene_features(reader, x), images, real, floor_sets)
+    shift = scene_features(reader, images).mean(0) - scene_features(reader, real).mean(0)  # in real spreads
     train_ref, _ = make_images(np.arange(N_TRAIN_REFERENCE), TRAIN_DATA_SEED)
     k = min(N_NEAREST, n)
-    fd = frechet_distance(features(judge, images), real_feats)
     return {
         "count": n,
         "requested_class": requested_class,
@@ -47,10 +51,24 @@ def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge
         "fd": fd,
         "fd_floor": fd_floor,
         "fd_ratio": fd / fd_floor if fd_floor > 0 else None,
+        "fd_scene": fd_scene,
+        "fd_scene_floor": fd_scene_floor,
+        "fd_scene_ratio": fd_scene / fd_scene_floor if fd_scene_floor > 0 else None,
+        # how far the samples' mean scene is from the real one, per factor, in real standard deviations
+        "scene_mean_shift": {name: round(float(v), 3) for name, v in zip(SCENE_FACTORS, shift)},
         # L2 over [0, 1] pixels; a sample far closer to a training image than real images are is copied
         "nearest_train_l2": nearest_l2(images[:k], train_ref).round(3).tolist(),
         "nearest_train_l2_real_reference": nearest_l2(real[:k], train_ref).round(3).tolist(),
     }
+
+
+def distance_and_floor(embed, images: np.ndarray, real: np.ndarray, floor_sets: list[np.ndarray]) -> tuple[float, float]:
+    """FD of `images` to `real` in the space `embed` maps to, and the floor: the median FD of
+    independent real sets to `real` (with two classes the features are bimodal, so one pair's distance
+    swings with its class shares: at N=1000 a 2-point share difference moves it ~5x)."""
+    real_feats = embed(real)
+    floor = float(np.median([frechet_distance(real_feats, embed(other)) for other in floor_sets]))
+    return frechet_distance(embed(images), real_feats), floor
 
 
 def real_images(n: int, requested_class: str, seed: int) -> np.ndarray:
@@ -74,6 +92,10 @@ def format_report(metrics: dict) -> str:
     lines.append("class shares: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["class_shares"].items()))
     lines.append(f"Fréchet distance: {metrics['fd']:.3f} (real-vs-real floor {metrics['fd_floor']:.3f}, "
                  f"ratio {metrics['fd_ratio']:.2f})")
+    largest = sorted(metrics["scene_mean_shift"].items(), key=lambda kv: -abs(kv[1]))[:3]
+    lines.append(f"scene Fréchet distance: {metrics['fd_scene']:.4f} (floor {metrics['fd_scene_floor']:.4f}, "
+                 f"ratio {metrics['fd_scene_ratio']:.2f}); largest mean shifts: "
+                 + ", ".join(f"{name} {v:+.2f} sd" for name, v in largest))
     lines.append(f"nearest training image L2: samples {_short(metrics['nearest_train_l2'])}; "
                  f"real images {_short(metrics['nearest_train_l2_real_reference'])}")
     return "\n".join(lines)

@@ -26,6 +26,15 @@ FEATURE_DIM = 64
 JUDGE_CLASSES = (*CLASSES, "neither")  # "neither": noise, blobs and building/house blends
 
 
+def conv_trunk() -> nn.Sequential:
+    """Three conv blocks, 32 -> 16 -> 8 -> 4 px, 64 channels out (the judge's and the scene reader's)."""
+    chans = [3, 16, 32, 64]
+    return nn.Sequential(*[
+        nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2))
+        for a, b in zip(chans, chans[1:])
+    ])
+
+
 class Judge(nn.Module):
     """Three conv blocks (32 -> 16 -> 8 -> 4 px), a 64-d feature layer and a 3-way head.
 
@@ -35,11 +44,7 @@ class Judge(nn.Module):
 
     def __init__(self):
         super().__init__()
-        chans = [3, 16, 32, 64]
-        self.convs = nn.Sequential(*[
-            nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2))
-            for a, b in zip(chans, chans[1:])
-        ])
+        self.convs = conv_trunk()
         self.fc = nn.Linear(64 * 4 * 4, FEATURE_DIM)
         self.head = nn.Linear(FEATURE_DIM, len(JUDGE_CLASSES))
 
@@ -51,9 +56,9 @@ class Judge(nn.Module):
         return self.head(self.features(x))
 
 
-def default_folder() -> Path:
-    """The judge shipped inside the installed `workers` package."""
-    return Path(str(importlib.resources.files("novarch_batch.workers") / "models" / "novarch-judge"))
+def default_folder(name: str = "novarch-judge") -> Path:
+    """The judge (or another evaluation network) shipped inside the installed `workers` package."""
+    return Path(str(importlib.resources.files("novarch_batch.workers") / "models" / name))
 
 
 def load_judge(folder=None) -> Judge:
