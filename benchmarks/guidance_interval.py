@@ -45,7 +45,8 @@ def score_row(generator: ImageGenerator, base: SamplingConfig, class_name: str, 
             "guidance_interval": sampling.guidance_interval, "final_timestep": sampling.final_timestep,
             "spacing": sampling.spacing, "timesteps": sampling.timesteps(), "class": class_name, "network_evaluations_per_image": sampling.network_evaluations(),
             "purity": m["purity"], "accuracy": m["conditional_accuracy"], "class_shares": m["class_shares"],
-            "fd_ratio": m["fd_ratio"], "sharpness": sharpness(images), "sampling_seconds": round(seconds, 1)}
+            "fd_ratio": m["fd_ratio"], "fd_scene_ratio": m["fd_scene_ratio"], "sharpness": sharpness(images),
+            "sampling_seconds": round(seconds, 1)}
 
 
 def sharpness(images: np.ndarray) -> float:
