@@ -61,7 +61,8 @@ def main(model, classes, seeds, sampler, steps, guidance, guidance_interval, fin
         click.echo(json.dumps({class_name: spread[class_name]}))
     settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "guidance_interval": guidance_interval,
                 "final_timestep": final_timestep, "spacing": spacing, "count": count}
-    save({"machine": machine(), "model": {"folder": str(folder), "weights_sha256": generator.info.sha256}, "settings": settings, "rows": rows, "spread": spread}, out)
+    model_facts = {"name": generator.info.name, "weights_sha256": generator.info.sha256}
+    save({"machine": machine(), "model": model_facts, "settings": settings, "rows": rows, "spread": spread}, out)
 
 
 def spread_of(ratios: list[float]) -> dict:

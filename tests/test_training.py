@@ -62,10 +62,12 @@ def test_a_run_goes_on_from_init_from_weights(smoke_folder, tmp_path):
     meta = json.loads((out / "novarch.json").read_text())
     assert meta["init_from"]["weights_sha256"] == sha256_file(smoke_folder / "diffusion_pytorch_model.safetensors")
     assert meta["init_from"]["steps_done"] == 3 and "--init-from START" in meta["reproduce"]
-    # other weights are never trained on: the widths must match
+    # weights are never trained on under another network or schedule
     with pytest.raises(StartWeightsError, match="pass --channels 32,64,64"):
         train(TrainConfig(out=str(tmp_path / "wide"), steps=1, channels=(64, 64, 64), init_from=str(smoke_folder)))
-    assert not (tmp_path / "wide").exists()
+    with pytest.raises(StartWeightsError, match="another noise schedule: pass --zero-terminal-snr"):
+        train(TrainConfig(out=str(tmp_path / "plain"), steps=1, zero_terminal_snr=False, init_from=str(smoke_folder)))
+    assert not (tmp_path / "wide").exists() and not (tmp_path / "plain").exists()
 
 
 def test_bad_config_names_the_fix():

@@ -146,7 +146,7 @@ def _house(img, p, _lit_bits, dusk, ground_y):
 
 
 def _building_shape(q, ground_y):
-    """Left edge, width and height of each tower (at most to one pixel below the top), from its parameters q."""
+    """Left edge, width and height of each tower (capped so its roof is on row 1 or lower), from its parameters q."""
     x0, w = _extent(q, 8, 14)
     return x0, w, np.minimum(_ints(q[:, 1], 16, 27), ground_y - 1)
 
@@ -221,8 +221,10 @@ def scene_factors(indices: np.ndarray, seed: int) -> np.ndarray:
     """What each image of make_images(indices, seed) shows, as float32 (N, len(SCENE_FACTORS)).
 
     The structure's left edge, width and height (body) in pixels and its top row (a house's ridge,
-    a tower's roof), the horizon row, how many trees and clouds are drawn, and the wall and ground
-    colours (0-255, before rounding); computed from the same parameters as the pixels.
+    a tower's parapet; a rooftop plant room is not counted), the horizon row, how many trees and
+    clouds are placed (a tree placed beside a structure at the frame's edge can fall wholly outside
+    it: the reader then cannot see it, for real and sampled images alike), and the wall and ground
+    colours (levels before clipping and rounding); computed from the same parameters as the pixels.
     """
     p, _ = _params(np.asarray(indices, dtype=np.int64).reshape(-1), seed)
     labels, dusk, ground_y = _scene(p)

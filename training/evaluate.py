@@ -36,9 +36,10 @@ def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge
     shares = {name: float((judged == k).mean()) for k, name in enumerate(JUDGE_CLASSES)}
     real = real_images(n, requested_class, REAL_SEED)
     floor_sets = [real_images(n, requested_class, s) for s in FLOOR_SEEDS]
-    fd, fd_floor = distance_and_floor(lambda x: features(judge, x), images, real, floor_sets)
-    fd_scene, fd_scene_floor = distance_and_floor(lambda x: scene_features(reader, x), images, real, floor_sets)
-    shift = scene_features(reader, images).mean(0) - scene_features(reader, real).mean(0)  # in real spreads
+    fd, fd_floor = distance_and_floor(lambda x: features(judge, x), features(judge, images), features(judge, real), floor_sets)
+    scene_images, scene_real = scene_features(reader, images), scene_features(reader, real)
+    fd_scene, fd_scene_floor = distance_and_floor(lambda x: scene_features(reader, x), scene_images, scene_real, floor_sets)
+    shift = scene_images.mean(0) - scene_real.mean(0)  # in real spreads
     train_ref, _ = make_images(np.arange(N_TRAIN_REFERENCE), TRAIN_DATA_SEED)
     k = min(N_NEAREST, n)
     return {
@@ -62,13 +63,13 @@ def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge
     }
 
 
-def distance_and_floor(embed, images: np.ndarray, real: np.ndarray, floor_sets: list[np.ndarray]) -> tuple[float, float]:
-    """FD of `images` to `real` in the space `embed` maps to, and the floor: the median FD of
-    independent real sets to `real` (with two classes the features are bimodal, so one pair's distance
-    swings with its class shares: at N=1000 a 2-point share difference moves it ~5x)."""
-    real_feats = embed(real)
+def distance_and_floor(embed, image_feats: np.ndarray, real_feats: np.ndarray, floor_sets: list[np.ndarray]) -> tuple[float, float]:
+    """FD of the samples' features to the real set's in one feature space, and the floor: the median
+    FD of independent real sets (mapped by `embed`) to the real set (with two classes the features are
+    bimodal, so one pair's distance swings with its class shares: at N=1000 a 2-point share
+    difference moves it ~5x)."""
     floor = float(np.median([frechet_distance(real_feats, embed(other)) for other in floor_sets]))
-    return frechet_distance(embed(images), real_feats), floor
+    return frechet_distance(image_feats, real_feats), floor
 
 
 def real_images(n: int, requested_class: str, seed: int) -> np.ndarray:

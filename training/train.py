@@ -213,24 +213,32 @@ def train(cfg: TrainConfig) -> Path:
 def load_start_weights(unet, scheduler, folder: str) -> dict:
     """Copy a trained model's weights into `unet` (the run goes on training them); return what they were.
 
-    The folder must hold the model this run would build: the same widths, prediction type and noise
-    schedule (the weights mean nothing under another), else StartWeightsError names the flag to change.
+    The folder must hold the model this run would build: the same prediction type, noise schedule
+    and network (the weights mean nothing under another), else StartWeightsError names the flag to change.
     """
     try:
         info = ModelInfo.read(Path(folder))
     except ModelError as err:  # its message speaks of --model
         raise StartWeightsError(str(err).replace("--model", "--init-from", 1)) from None
-    theirs = info.scheduler_config
-    for key, flag in (("prediction_type", "--prediction-type"), ("rescale_betas_zero_snr", "--zero-terminal-snr")):
-        if theirs.get(key, False) != scheduler.config[key]:
-            raise StartWeightsError(f"--init-from {folder} has {key}={theirs.get(key)!r}, this run {scheduler.config[key]!r}: "
-                             f"set {flag} to match it")
+    theirs, ours = info.scheduler_config, dict(scheduler.config)
+    if theirs.get("prediction_type", "epsilon") != ours["prediction_type"]:  # diffusers' default is epsilon
+        raise StartWeightsError(f"--init-from {folder} predicts {theirs.get('prediction_type', 'epsilon')}, this run "
+                                f"{ours['prediction_type']}: pass --prediction-type {theirs.get('prediction_type', 'epsilon')}")
+    a, b = alphas_cumprod_for(theirs), alphas_cumprod_for(ours)
+    if a.shape != b.shape or not torch.allclose(a, b):
+        flag = "--zero-terminal-snr" if theirs.get("rescale_betas_zero_snr") else "--no-zero-terminal-snr"
+        raise StartWeightsError(f"--init-from {folder} was trained on another noise schedule: pass {flag} "
+                                "(or start from a model of this project's schedule)")
     start = load_unet(Path(folder), torch.device("cpu"))
     if tuple(start.config.block_out_channels) != tuple(unet.config.block_out_channels):
         raise StartWeightsError(f"--init-from {folder} has widths {list(start.config.block_out_channels)}: "
-                         f"pass --channels {','.join(map(str, start.config.block_out_channels))}")
-    unet.load_state_dict(start.state_dict())
-    meta = json.loads((Path(folder) / "novarch.json").read_text())
+                                f"pass --channels {','.join(map(str, start.config.block_out_channels))}")
+    try:
+        unet.load_state_dict(start.state_dict())
+    except RuntimeError as err:  # another layout than build_unet's (class count, blocks)
+        raise StartWeightsError(f"--init-from {folder} is not a NovArch-tiny UNet ({str(err).splitlines()[0]})") from None
+    meta_path = Path(folder) / "novarch.json"  # optional in a diffusers folder
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return {"folder": str(folder), "weights_sha256": info.sha256, "steps_done": meta.get("steps_done"),
             "hardware": meta.get("hardware"), "reproduce": meta.get("reproduce")}
 

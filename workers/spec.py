@@ -182,7 +182,8 @@ class SamplingConfig:
                           "FD 27-69x (with --spacing karras and the last step at 8: purity 0.955-0.995, FD 4.5-37x); distilled = 4 (the student's 4 steps, one evaluation each, guidance 2 folded in; samples the "
                           "shipped student unless --model names another), purity 0.90-0.97, FD 21-49x, 2.5x the default's images/s. "
                           "Over the scene factors (evaluate's second FD: the mix of dusk, trees, clouds, sizes) the order turns: "
-                          "without guidance dpmpp-2m at 10 steps is 1.9-2.3x the floor, the default 3.0-4.9x (a fifth fewer clouds).",
+                          "without guidance on the karras grid dpmpp-2m at 10 steps is 1.9x / 2.3x the floor for building / house, "
+                          "the default 3.0x / 4.9x (a fifth fewer clouds; medians of five seeds).",
                           choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
                         "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
