@@ -61,15 +61,27 @@ def default_folder(name: str = "novarch-judge") -> Path:
     return Path(str(importlib.resources.files("novarch_batch.workers") / "models" / name))
 
 
+def load_evaluator(net: nn.Module, folder: Path, name: str, module: str) -> nn.Module:
+    """Fill an evaluation network (the judge, the scene reader) from `folder/<name>.safetensors` (no
+    pickles) and put it in eval mode; a missing file names the command that trains it."""
+    weights = folder / f"{name}.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found; train it with `python -m novarch_batch.training.{module} --out {folder}`")
+    net.load_state_dict(load_file(weights))
+    return net.eval()
+
+
+def save_evaluator(net: nn.Module, out, name: str, meta: dict) -> None:
+    """Write `<name>.safetensors` and its facts `<name>.json` into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out / f"{name}.safetensors")
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def load_judge(folder=None) -> Judge:
     """Load the judge (safetensors only) in eval mode."""
-    folder = Path(folder) if folder is not None else default_folder()
-    weights = folder / "judge.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found; train it with `python -m novarch_batch.training.judge --out {folder}`")
-    judge = Judge()
-    judge.load_state_dict(load_file(weights))
-    return judge.eval()
+    return load_evaluator(Judge(), Path(folder) if folder is not None else default_folder(), "judge", "judge")
 
 
 @torch.no_grad()
@@ -147,10 +159,7 @@ def train_judge(out, steps: int = 400, batch_size: int = 128, threads: int = 1, 
         "negatives_confident_share": float((neg_probs[:, :2].max(1) >= 0.9).mean()),
         "training_seconds": round(time.perf_counter() - start, 1),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, out / "judge.safetensors")
-    (out / "judge.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_evaluator(judge, out, "judge", meta)
     return meta
 
 

@@ -19,11 +19,10 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from novarch_batch.training.dataset import SCENE_FACTORS, make_images, scene_factors
-from novarch_batch.training.judge import conv_trunk, default_folder, degrade
+from novarch_batch.training.judge import conv_trunk, default_folder, degrade, load_evaluator, save_evaluator
 from novarch_batch.training.train import to_model_range
 
 SCENE_TRAIN_SEED = 2002  # disjoint from the model (1000, 1001), the judge (2000, 2001) and evaluation (3000+)
@@ -49,13 +48,8 @@ class SceneReader(nn.Module):
 
 def load_scene_reader(folder=None) -> SceneReader:
     """Load the reader (safetensors only) in eval mode."""
-    folder = Path(folder) if folder is not None else default_folder("novarch-scene")
-    weights = folder / "scene.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found; train it with `python -m novarch_batch.training.scene --out {folder}`")
-    reader = SceneReader()
-    reader.load_state_dict(load_file(weights))
-    return reader.eval()
+    return load_evaluator(SceneReader(), Path(folder) if folder is not None else default_folder("novarch-scene"),
+                          "scene", "scene")
 
 
 @torch.no_grad()
@@ -103,10 +97,7 @@ def train_scene_reader(out, steps: int = 3000, batch_size: int = 128, threads: i
         "test_mean_abs_error": {name: round(float(v), 2) for name, v in zip(SCENE_FACTORS, np.abs(read - truth).mean(0))},
         "training_seconds": round(time.perf_counter() - start, 1),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in reader.state_dict().items()}, out / "scene.safetensors")
-    (out / "scene.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_evaluator(reader, out, "scene", meta)
     return meta
 
 
