@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import machine, save
 from benchmarks.final_timestep import PERTURBATION_SEED, perturbations
 from novarch_batch.training.dataset import SCENE_FACTORS, make_images, scene_factors
-from novarch_batch.training.evaluate import evaluate_images
+from novarch_batch.training.evaluate import evaluate_images, real_images
 from novarch_batch.training.export import CLASSES
 
 
@@ -47,7 +47,8 @@ def main(count, threads, out):
     torch.set_num_threads(threads)
     rows = []
     for class_name in CLASSES:
-        for kind, changes in (("drawn", perturbations(_real(count, class_name))), ("shown", scene_changes(count, class_name))):
+        drawn = perturbations(real_images(count, class_name, PERTURBATION_SEED))
+        for kind, changes in (("drawn", drawn), ("shown", scene_changes(count, class_name))):
             for name, images in changes.items():
                 m = evaluate_images(images, class_name)
                 shift = max(m["scene_mean_shift"].items(), key=lambda kv: abs(kv[1]))
@@ -56,11 +57,6 @@ def main(count, threads, out):
                              "largest_scene_shift": {shift[0]: shift[1]}})
                 click.echo(json.dumps(rows[-1]))
     save({"machine": machine(), "count": count, "rows": rows}, out)
-
-
-def _real(count: int, class_name: str) -> np.ndarray:
-    images, labels = make_images(np.arange(3 * count), PERTURBATION_SEED)
-    return images[labels == CLASSES.index(class_name)][:count]
 
 
 if __name__ == "__main__":

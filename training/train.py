@@ -221,9 +221,10 @@ def load_start_weights(unet, scheduler, folder: str) -> dict:
     except ModelError as err:  # its message speaks of --model
         raise StartWeightsError(str(err).replace("--model", "--init-from", 1)) from None
     theirs, ours = info.scheduler_config, dict(scheduler.config)
-    if theirs.get("prediction_type", "epsilon") != ours["prediction_type"]:  # diffusers' default is epsilon
-        raise StartWeightsError(f"--init-from {folder} predicts {theirs.get('prediction_type', 'epsilon')}, this run "
-                                f"{ours['prediction_type']}: pass --prediction-type {theirs.get('prediction_type', 'epsilon')}")
+    predicts = theirs.get("prediction_type", "epsilon")  # diffusers' default
+    if predicts != ours["prediction_type"]:
+        raise StartWeightsError(f"--init-from {folder} predicts {predicts}, this run {ours['prediction_type']}: "
+                                f"pass --prediction-type {predicts}")
     a, b = alphas_cumprod_for(theirs), alphas_cumprod_for(ours)
     if a.shape != b.shape or not torch.allclose(a, b):
         flag = "--zero-terminal-snr" if theirs.get("rescale_betas_zero_snr") else "--no-zero-terminal-snr"
