@@ -24,8 +24,9 @@ def fail(message: str, code: int) -> None:
 def cli() -> None:
     """Reproducible, distributed batch generation of NovArch images (buildings and houses).
 
-    Jobs run on local Ray or a Ray cluster and land as Parquet shards plus PNG files in a
-    folder or S3. Start with `novarch-batch submit --count 256`.
+    Jobs run on local Ray or a Ray cluster and land as Parquet shards plus PNG files (or the
+    PNGs inside the Parquet rows: the S3 default) in a folder or S3. Start with
+    `novarch-batch submit --count 256`.
     """
 
 
@@ -140,7 +141,7 @@ def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
         click.echo(json.dumps({"submission_id": submission.submission_id, "job_id": spec.job_id, "output": output_url}))
     else:
         click.echo(f"submitted {submission.submission_id} to {address}\n  output: {output_url}\n"
-                   f"  follow: novarch-batch jobs logs {submission.submission_id} --cluster {address}", err=wait)
+                   f"  follow: novarch-batch jobs logs {submission.submission_id} --follow --cluster {address}", err=wait)
     if wait:
         status = jobs.follow(address, submission.submission_id, lambda text: click.echo(text))
         click.echo(f"job {submission.submission_id}: {status}", err=True)

@@ -99,6 +99,10 @@ def test_submit_returns_at_once_and_a_resubmit_resumes(head, laptop_env, s3_url)
     again = run_cli(laptop_env, "submit", "--count", "16", "--steps", "2", "--out", s3_url, "--cluster", head, "--wait")
     assert again.returncode == 0
     assert json.loads(again.stdout.strip().splitlines()[-1])["images_sampled"] == 0
+    follow = next(line.split("follow: novarch-batch ", 1)[1] for line in again.stderr.splitlines() if "follow: " in line)
+    assert follow.split()[:2] == ["jobs", "logs"] and "--follow" in follow.split()  # streams, not one download
+    followed = run_cli(laptop_env, *follow.split())  # the command the laptop printed, as a user pastes it
+    assert followed.returncode == 0 and '"images_sampled": 0' in followed.stdout, followed.stdout + followed.stderr
 
 
 @pytest.mark.parametrize("flags,message", [

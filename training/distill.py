@@ -214,7 +214,7 @@ def distill(cfg: DistillConfig) -> Path:
     return save_model_folder(teacher, DDPMScheduler.from_config(config), out, meta)
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False), help="The v-prediction model folder to distil.")
 @click.option("--out", required=True, help="Folder for the student (diffusers format + novarch.json).")
 @click.option("--start-steps", default=DistillConfig.start_steps, show_default=True, type=int)

@@ -163,7 +163,7 @@ def train_judge(out, steps: int = 400, batch_size: int = 128, threads: int = 1, 
     return meta
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, help="Folder for judge.safetensors and judge.json.")
 @click.option("--steps", default=400, show_default=True, type=int)
 @click.option("--threads", default=1, show_default=True, type=int)

@@ -101,7 +101,7 @@ def train_scene_reader(out, steps: int = 3000, batch_size: int = 128, threads: i
     return meta
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, help="Folder for scene.safetensors and scene.json.")
 @click.option("--steps", default=3000, show_default=True, type=int, help="The shipped reader's: 3000 (100 s on 2 cores).")
 @click.option("--threads", default=2, show_default=True, type=int)

@@ -51,7 +51,7 @@ def score_model(generator: ImageGenerator, sampling: SamplingConfig, count: int,
     return results
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--count", default=1000, show_default=True, type=int)
 @click.option("--sampler", default=SamplingConfig.sampler, show_default=True)

@@ -278,7 +278,7 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
     return "novarch-batch train --out OUT " + " ".join(flags) + f" --device {cfg.device}"
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, help="Model folder to write (diffusers format + novarch.json).")
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=int,
               help="Optimizer steps (the most, with --max-seconds).")

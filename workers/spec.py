@@ -186,8 +186,8 @@ class SamplingConfig:
                           "the default 3.0x / 4.9x (a fifth fewer clouds; medians of five seeds).",
                           choices=tuple(SAMPLER_OPTIONS))
     steps: int = option(10, "Sampler steps (network evaluations per image, plus one per guided step; --sampler "
-                        "distilled: the student's). dpmpp-2m-sde at 12 steps (16 evaluations for a class, --final-timestep 15): "
-                        "FD 6.8x / 8.2x the floor for building / house (MODEL.md).", metavar="K")
+                        "distilled: the student's). dpmpp-2m-sde at 12 steps, --guidance 1.5 --spacing trailing --final-timestep 15 "
+                        "(16 evaluations for a class): FD 6.8x / 8.2x the floor for building / house (MODEL.md).", metavar="K")
     guidance: float = option(1.0, "Classifier-free guidance scale: 1 = plain conditional (one network evaluation per "
                              "step), 0 = unconditional; above 1 each guided step costs a second evaluation. On the default "
                              "karras grid the class is already kept (purity 0.976 / 0.985 for building / house) and guidance "
@@ -198,10 +198,11 @@ class SamplingConfig:
                                     "13 evaluations per image, not 20, at the same quality (MODEL.md).",
                                     metavar="LO-HI|all", before=ALL_STEPS)
     final_timestep: int = option(DEFAULT_FINAL_TIMESTEP, "The last step starts from timestep T at most: the trailing "
-                                 "grid (999, 899, ... 99 at 10 steps) with its last timestep lowered to T. The image is "
+                                 "grid (999, 899, ... 99 at 10 steps) with its last timestep lowered to T (the karras grid "
+                                 "ends at T too). The image is "
                                  "that step's clean-image estimate, softened from t = 99, sharp from t <= 15: at guidance 2, "
                                  "FD to the floor 33 -> 10 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
-                                 f"{TRAILING_GRID} = the plain trailing grid; --sampler distilled keeps the student's grid.",
+                                 f"{TRAILING_GRID} with --spacing trailing = the plain trailing grid; --sampler distilled keeps the student's grid.",
                                  metavar="T", before=TRAILING_GRID)
     spacing: str = option("karras", "Where the steps lie: trailing = evenly in t from 999 (999, 899, ... at 10 steps); "
                           "karras = a first step from pure noise, then evenly in sigma^(1/7) (Karras et al. 2022) from "
@@ -327,7 +328,8 @@ class RunConfig:
     placement_timeout: float = option(600.0, "Seconds the job waits with no ready actor (GPU nodes booting) before it "
                                       "fails naming the missing resource.", metavar="S")
     ray_address: str | None = option(None, "Join this running Ray cluster (e.g. auto, or ray://head:10001). Default: "
-                                     "start a private local Ray for this job, whatever other Ray runs on the machine.",
+                                     "start a private local Ray for this job, whatever other Ray runs on the machine (unless "
+                                     "RAY_ADDRESS is set, as in a driver the Jobs API runs).",
                                      metavar="ADDR")
     device: str = option("auto", "Where actors run the network: auto = GPUs when the cluster has or can add them, "
                          "else CPU.", choices=DEVICES)
