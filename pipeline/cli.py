@@ -9,7 +9,7 @@ import sys
 import click
 
 from novarch_batch.pipeline.cli_options import spec_fields, spec_options
-from novarch_batch.pipeline.spec import SpecError, build_spec
+from novarch_batch.pipeline.spec import SpecError, build_spec, retry_delay_s
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
 
@@ -48,6 +48,7 @@ def submit(count, job_id, model, dry_run, cluster, wait, as_json, **options):
 
     try:
         spec = build_spec(count=count, model=model, job_id=job_id, **spec_fields(options))
+        retry_delay_s()  # an environment setting, checked like a flag: here for a local job and one sent to a cluster
     except SpecError as e:
         fail(str(e), EXIT_USAGE)
     if dry_run:
@@ -75,10 +76,6 @@ def run_job(spec, as_json: bool) -> None:
     from novarch_batch.pipeline.progress import Progress
     from novarch_batch.storage import StorageError
 
-    try:
-        driver.retry_delay_s()  # an environment setting: refused in one line, before the job's first note
-    except SpecError as e:
-        fail(str(e), EXIT_USAGE)
     progress = Progress()
     progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
     try:

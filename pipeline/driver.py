@@ -18,7 +18,8 @@ from novarch_batch.pipeline.lease import ExclusiveLease, JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
 from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
-from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler, retry_delay_s  # noqa: F401  (JobFailed is part of run()'s contract)
+from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
+from novarch_batch.pipeline.spec import retry_delay_s
 from novarch_batch.workers.spec import JobSpec
 from novarch_batch.storage import join, open_storage
 from novarch_batch.workers.actor import ShardActor

@@ -23,9 +23,10 @@ from novarch_batch.workers.spec import SHIPPED_MODELS, JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60  # how long a freshly started head may take to accept jobs
-# Where the store is and how to reach it travel with the job; credentials never do: the cluster's
-# nodes use their own (an instance profile, IRSA, or keys set on the nodes).
-TRAVELLING_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "NOVARCH_S3_MAX_ATTEMPTS")
+# Where the store is, how to reach it and how long to retry it travel with the job; credentials never
+# do: the cluster's nodes use their own (an instance profile, IRSA, or keys set on the nodes).
+TRAVELLING_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "NOVARCH_S3_MAX_ATTEMPTS",
+                  "NOVARCH_RETRY_DELAY_S")
 PACKAGES = ("pipeline", "workers", "storage")  # what the job's driver and actors import; training stays home
 
 

@@ -10,7 +10,6 @@ a pool with no ready actor fails the job once ``placement_timeout`` has passed.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,35 +18,17 @@ from typing import Callable
 import ray
 
 from novarch_batch.pipeline.shards import Shard
-from novarch_batch.workers.spec import SpecError
+from novarch_batch.pipeline.spec import RETRY_DELAY_S
 from novarch_batch.workers.tasks import ShardResult, ShardTask
 
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 MAX_STARTUP_FAILURES = 3  # actors whose own start-up raised (CUDA mismatch, bad model): then the job fails with that error
-RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
-RETRY_DELAY_ENV = "NOVARCH_RETRY_DELAY_S"  # overrides RETRY_DELAY_S (a store whose outages last longer, or shorter)
 IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 class JobFailed(RuntimeError):
     """The job could not complete; committed shards stay, so the same command resumes it."""
-
-
-def retry_delay_s() -> float:
-    """The back-off unit: RETRY_DELAY_S, or NOVARCH_RETRY_DELAY_S when set. Read before a job writes
-    anything, so a bad value is a usage error, not a failure halfway through a job."""
-    value = os.environ.get(RETRY_DELAY_ENV)
-    if value is None:
-        return RETRY_DELAY_S
-    try:
-        delay = float(value)
-    except ValueError:
-        delay = -1.0
-    if not 0 <= delay < float("inf"):
-        raise SpecError(f"{RETRY_DELAY_ENV}={value!r} is not a number of seconds: set it to one (0 or more) or unset it "
-                        f"(the default is {RETRY_DELAY_S:g})")
-    return delay
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ module adds what needs the outside world: the count's syntax, the output locatio
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,26 @@ JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # thousand per second per prefix on AWS, ~400 on the embedded SeaweedFS; BENCHMARKS.md), well
 # under one GPU's rate, while embedded images cost one PUT per shard. A folder keeps files.
 S3_DEFAULT_FORMAT = "parquet"
+
+
+RETRY_DELAY_S = 5.0  # before attempt n+1 wait n * 5 s: a store outage of ~10 s outlasts botocore's own retries
+RETRY_DELAY_ENV = "NOVARCH_RETRY_DELAY_S"  # overrides RETRY_DELAY_S (a store whose outages last longer, or shorter)
+
+
+def retry_delay_s() -> float:
+    """The back-off unit: RETRY_DELAY_S, or NOVARCH_RETRY_DELAY_S when set. Read before a job writes
+    anything, so a bad value is a usage error, not a failure halfway through a job."""
+    value = os.environ.get(RETRY_DELAY_ENV)
+    if value is None:
+        return RETRY_DELAY_S
+    try:
+        delay = float(value)
+    except ValueError:
+        delay = -1.0
+    if not 0 <= delay < float("inf"):
+        raise SpecError(f"{RETRY_DELAY_ENV}={value!r} is not a number of seconds: set it to one (0 or more) or unset it "
+                        f"(the default is {RETRY_DELAY_S:g})")
+    return delay
 
 
 def auto_shard_size(count: int) -> int:

@@ -50,10 +50,12 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the --out folder
 
 
-@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
-def test_bad_retry_delay_in_the_environment_exits_2_before_anything_is_written(value, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("value,where", [("soon", "local"), ("-1", "local"), ("nan", "local"), ("soon", "cluster")])
+def test_bad_retry_delay_in_the_environment_exits_2_before_anything_is_written(value, where, tmp_path, monkeypatch, capsys):
+    """It travels with a --cluster submission (pipeline/jobs.py), so the laptop refuses it too, before any contact."""
     monkeypatch.setenv("NOVARCH_RETRY_DELAY_S", value)
-    code = run_cli(["--count", "8", "--out", str(tmp_path / "out")], monkeypatch, tmp_path)
+    out = ["--out", str(tmp_path / "out")] if where == "local" else ["--out", "s3://novarch/x", "--cluster", "http://127.0.0.1:9"]
+    code = run_cli(["--count", "8", *out], monkeypatch, tmp_path)
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (f"novarch-batch: error: NOVARCH_RETRY_DELAY_S={value!r} is not a number of seconds: "

@@ -54,6 +54,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.C
 
 
 def test_submit_wait_and_verify(head, metrics_port, laptop_env, s3_url, s3_server):
+    laptop_env = {**laptop_env, "NOVARCH_RETRY_DELAY_S": "0.25"}  # a setting of the driver's: it travels, as the endpoint does
     done = run_cli(laptop_env, "submit", "--count", "24", "--steps", "2", "--shard-size", "8", "--out", s3_url, "--cluster", head, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])  # the job driver's --json line, streamed from its log
@@ -84,6 +85,7 @@ def assert_endpoint_travelled_and_keys_did_not(head: str, submission: str, lapto
     assert info.returncode == 0, info.stderr
     given = json.loads(info.stdout)
     assert given["runtime_env"]["env_vars"]["AWS_ENDPOINT_URL"] == s3_server.env()["AWS_ENDPOINT_URL"]
+    assert given["runtime_env"]["env_vars"]["NOVARCH_RETRY_DELAY_S"] == laptop_env["NOVARCH_RETRY_DELAY_S"]
     assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in info.stdout and "AWS_ACCESS_KEY_ID" not in info.stdout
     assert given["entrypoint"].startswith("python -m novarch_batch.pipeline.cli run-spec ")
 
