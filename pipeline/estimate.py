@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from novarch_batch.workers.spec import JobSpec
+from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, JobSpec, SamplingConfig
 
 CALIBRATION_IMAGES = 16  # one small micro-batch: a few seconds on a laptop CPU, enough for a rate
 
@@ -42,13 +42,29 @@ def estimate(spec: JobSpec) -> dict:
         "images": spec.count,
         "shards": f"{spec.num_shards} of {spec.output.shard_size} images",
         "actors": f"{actors} x {'1 GPU' if gpus else f'{threads} CPU thread(s)'} on this machine",
-        "sampler": f"{s.sampler}, {s.steps} steps from t = {_grid(s.timesteps())}, guidance {s.guidance} at timesteps "
-                   f"{s.guidance_interval}, class {s.class_name}",
+        "sampler": f"{s.sampler}, {s.steps} steps from t = {_grid(s.timesteps())}, class {s.class_name}",
+        "guidance": guidance_plan(s),
         "network_evaluations_per_image": s.network_evaluations(),
         "calibrated_images_per_second": round(rate, 2),
         "estimated_minutes": round(spec.count / rate / 60, 1),
         "note": "calibrated on this machine; a cluster's GPUs are faster (see BENCHMARKS.md)",
     }
+
+
+def guidance_plan(s: SamplingConfig) -> str:
+    """What the guidance flags do on this job's grid, in words: an interval that holds no step of the
+    grid is legal (it samples as guidance 1, and is hashed so) but is seldom what was meant."""
+    if s.sampler == DISTILLED:
+        return f"{s.guidance:g}, folded into the student (one evaluation per step)"
+    if s.class_name == ANY_CLASS:
+        return "none: class any samples unconditionally"
+    if s.guidance in (0.0, 1.0):
+        return "0: unconditional" if s.guidance == 0.0 else "1: conditional, one evaluation per step"
+    guided = s.guided_timesteps()
+    if not guided:
+        return (f"{s.guidance:g} in {s.guidance_interval}, which holds no step of this grid: conditional throughout "
+                f"(--guidance-interval all guides every step)")
+    return f"{s.guidance:g} at t = {_grid(guided)} ({len(guided)} of {s.steps} steps, a second evaluation each)"
 
 
 def _grid(timesteps: list[int]) -> str:

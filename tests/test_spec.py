@@ -241,3 +241,15 @@ def test_format_defaults_to_embedded_images_for_s3_and_files_for_a_folder(tmp_pa
     assert build_spec(count=10, out=str(tmp_path)).output.format == "files"
     assert build_spec(count=10, out="s3://bucket/prefix", format="files").output.format == "files"
     assert build_spec(count=10, out="s3://bucket/prefix", format="webdataset").output.format == "webdataset"
+
+
+def test_the_dry_run_says_where_guidance_applies_on_the_jobs_grid():
+    from novarch_batch.pipeline.estimate import guidance_plan
+
+    trailing = SamplingConfig(class_name="building", guidance=2.0, spacing="trailing", final_timestep=999)
+    assert guidance_plan(trailing) == "2 at t = 899, 799, 699 (3 of 10 steps, a second evaluation each)"
+    # an interval between two steps of the karras grid (999, 950, ...) guides none: legal, but said
+    nothing = SamplingConfig(class_name="building", guidance=2.0, guidance_interval="951-998")
+    assert nothing.network_evaluations() == 10 and "holds no step of this grid: conditional throughout" in guidance_plan(nothing)
+    assert guidance_plan(SamplingConfig(guidance=2.0)) == "none: class any samples unconditionally"
+    assert guidance_plan(SamplingConfig(class_name="house")) == "1: conditional, one evaluation per step"
