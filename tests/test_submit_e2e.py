@@ -62,6 +62,18 @@ def test_manifests_and_schema_version(finished_job):
     assert (job_dir / "_SUCCESS").stat().st_mtime_ns == newest
 
 
+def test_a_process_that_read_a_shard_exits_cleanly(finished_job):
+    """pyarrow reading from a Python file object could abort the process at exit ("terminate called
+    without an active exception", exit 134), in about half the runs of `verify`: 8 runs must all exit 0."""
+    import subprocess
+    import sys
+
+    _, _, job_dir = finished_job
+    read = f"from novarch_batch.pipeline.reader import JobView; JobView.open({str(job_dir)!r}).shard_table(0)"
+    codes = [subprocess.run([sys.executable, "-c", read], capture_output=True, timeout=60).returncode for _ in range(8)]
+    assert codes == [0] * 8
+
+
 def test_rerun_samples_nothing(finished_job):
     spec, _, job_dir = finished_job
     before = {p: p.stat().st_mtime_ns for p in (job_dir / "shards").iterdir()}
