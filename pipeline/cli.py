@@ -19,6 +19,12 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def unforeseen(e: Exception) -> str:
+    """One line for a failure no command foresaw; NOVARCH_DEBUG=1 shows its traceback instead."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first} (set NOVARCH_DEBUG=1 for the traceback)"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="novarch-batch")
 def cli() -> None:
@@ -89,10 +95,6 @@ def run_job(spec, as_json: bool) -> None:
         fail(str(e), EXIT_RUNTIME)
     except KeyboardInterrupt:
         fail("interrupted; committed shards are kept, run the same command to resume", 130)
-    except Exception as e:  # an unforeseen failure still gets one line; NOVARCH_DEBUG=1 shows the traceback
-        if os.environ.get("NOVARCH_DEBUG"):
-            raise
-        fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (set NOVARCH_DEBUG=1 for the traceback)", EXIT_RUNTIME)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.already_complete:
@@ -189,7 +191,10 @@ def jobs_logs(submission_id, cluster, follow):
     from novarch_batch.pipeline import jobs
 
     if follow:
-        status = jobs.follow(cluster, submission_id, click.echo)
+        try:
+            status = jobs.follow(cluster, submission_id, click.echo)
+        except jobs.ClusterError as e:
+            fail(str(e), EXIT_RUNTIME)
         sys.exit(0 if status == "SUCCEEDED" else EXIT_RUNTIME)
     click.echo(_jobs_client(cluster).get_job_logs(submission_id), nl=False)
 
@@ -227,6 +232,9 @@ def verify(job_url, full, as_json):
                    f"{report.images_checked} image checksum(s) checked at {report.url}")
         for problem in report.problems:
             click.echo(f"  - {problem}")
+        if not report.ok:
+            click.echo("  to repair: re-run the same submit (it finishes an unfinished job); for a damaged shard first delete "
+                       "its Parquet file (shards/part-NNNNN.parquet) and _SUCCESS: it is sampled again, with identical bytes")
     sys.exit(0 if report.ok else EXIT_RUNTIME)
 
 
@@ -279,10 +287,18 @@ def main() -> None:
             click.echo(e.ctx.get_help())
             sys.exit(0)
         fail(e.format_message(), EXIT_USAGE)
+    except click.ClickException as e:  # a command's own one-line refusal
+        fail(e.format_message(), e.exit_code)
     except click.Abort:
         fail("aborted", 130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; committed shards are kept, run the same command to resume", 130)
+    except Exception as e:  # whatever the command, a user sees one line, not a traceback
+        if os.environ.get("NOVARCH_DEBUG"):
+            raise
+        fail(unforeseen(e), EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardSchedule
 from novarch_batch.pipeline.spec import retry_delay_s
 from novarch_batch.workers.spec import JobSpec
 from novarch_batch.storage import join, open_storage
+from novarch_batch.workers import shard_format
 from novarch_batch.workers.actor import ShardActor
 from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
 
@@ -85,6 +86,12 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         done = manifest.read_json(job, manifest.SUCCESS_FILE)
         if done is not None and done.get("spec_hash") == spec.spec_hash():
             # Finished: write nothing (not even a probe or the lease), so no storage event fires again.
+            # One listing tells a finished job from one damaged since, which must not pass as complete.
+            gone = sorted(set(range(spec.num_shards)) - manifest.committed_shards(job))
+            if gone:
+                raise JobFailed(f"{job_url}: the job finished, but {len(gone)} shard(s) are gone since (first: "
+                                f"{shard_format.shard_key(gone[0])}); delete {manifest.SUCCESS_FILE} and re-run the same "
+                                f"submit to sample them again, with identical bytes")
             return JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards,
                              complete=True, already_complete=True, seconds=round(time.perf_counter() - started, 3))
     root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds

@@ -38,10 +38,21 @@ def job_document(spec: JobSpec, created_at: str) -> dict:
     }
 
 
+DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
+               SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
+
+
 def read_json(job: Storage, key: str) -> dict | None:
+    """A manifest, or None when absent; a damaged one is a StorageError that says what to do."""
     if not job.exists(key):
         return None
-    return json.loads(job.get_bytes(key))
+    try:
+        document = json.loads(job.get_bytes(key))
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise StorageError(f"{job.url}/{key} is damaged (not a JSON object); {DAMAGED_FIX.get(key, 'restore it')}")
+    return document
 
 
 def prepare_job(job: Storage, spec: JobSpec) -> str:

@@ -23,7 +23,7 @@ class JobView:
     url: str
     storage: Storage
     job: dict  # job.json
-    _tar: tuple[str, dict[str, bytes]] | None = field(default=None, repr=False)  # the last tar read: rows come in id order
+    _tar: tuple[str, dict[str, bytes], list[str]] | None = field(default=None, repr=False)  # the last tar read: rows come in id order
 
     @classmethod
     def open(cls, url: str) -> "JobView":
@@ -76,9 +76,18 @@ class JobView:
 
     def tar_members(self, key: str) -> dict[str, bytes]:
         """A shard's tar as {member name: bytes}; the last one read is kept, so reading its images one by one costs one GET."""
+        self._read_tar(key)
+        return self._tar[1]
+
+    def tar_names(self, key: str) -> list[str]:
+        """Every entry's name in a shard's tar, in order, repeats included (a tar may hold a name twice)."""
+        self._read_tar(key)
+        return self._tar[2]
+
+    def _read_tar(self, key: str) -> None:
         if self._tar is None or self._tar[0] != key:
             with tarfile.open(fileobj=io.BytesIO(self.storage.get_bytes(key))) as tar:
-                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-            self._tar = (key, members)
-        return self._tar[1]
+                entries = tar.getmembers()
+                members = {m.name: tar.extractfile(m).read() for m in entries if m.isfile()}
+            self._tar = (key, members, [m.name for m in entries])
 

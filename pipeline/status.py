@@ -16,12 +16,19 @@ class StatusReport:
     images_committed: int
     images_planned: int
     complete: bool
+    finished: bool  # _SUCCESS was written: a finished job missing shards was damaged since
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def text(self) -> str:
-        state = "complete" if self.complete else "incomplete (running, or interrupted: re-run the same submit to resume)"
+        if self.complete:
+            state = "complete"
+        elif self.finished:
+            state = ("damaged: it finished, but shards are gone since (`novarch-batch verify` lists them); delete "
+                     "_SUCCESS and re-run the same submit to sample them again, with identical bytes")
+        else:
+            state = "incomplete (running, or interrupted: re-run the same submit to resume)"
         pct = 100 * self.images_committed / self.images_planned
         return (f"{self.job_id}: {state}\n  shards {self.shards_committed}/{self.shards_planned}, "
                 f"images {self.images_committed}/{self.images_planned} ({pct:.1f}%)\n  at {self.url}")
@@ -32,5 +39,6 @@ def status(url: str) -> StatusReport:
     committed = view.committed()
     size = int(view.job["shard_plan"]["shard_size"])
     images = sum(shard(k, view.count, size).size for k in committed if k < view.num_shards)
-    complete = view.success() is not None and len(committed) >= view.num_shards
-    return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete)
+    finished = view.success() is not None
+    complete = finished and len(committed) >= view.num_shards
+    return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete, finished)

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import tarfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+
 from novarch_batch.pipeline.reader import JobView
+from novarch_batch.storage import StorageError
 from novarch_batch.workers import shard_format
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
@@ -52,14 +58,24 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     if expected_version not in shard_format.READABLE_VERSIONS:
         report.problem(f"job.json: schema version {expected_version!r}, this novarch-batch reads "
                        f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
+    for key in view.storage.list("shards/"):
+        index = shard_format.shard_index(key)
+        if index is None or index >= view.num_shards:
+            report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
+    shard_ids: dict[int, list[int]] = {}
     for k in sorted(committed):
         data = view.shard_bytes(k)  # one download: parsed and hashed
-        table = view.shard_table(k, data)
+        if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
+            report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
+        try:
+            table = view.shard_table(k, data)
+        except (pa.ArrowException, OSError) as e:
+            report.problem(f"{shard_format.shard_key(k)}: not readable as Parquet ({str(e).splitlines()[0]})")
+            continue
+        shard_ids[k] = table.column("id").to_pylist()
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)
         if version != expected_version.encode():
             report.problem(f"{shard_format.shard_key(k)}: schema version {version!r}, expected {expected_version} (job.json)")
-        if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
-            report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
         for row in table.select(["id", "image_key", "sha256", "image"]).to_pylist():
             report.rows += 1
             i = row["id"]
@@ -83,6 +99,9 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     absent = view.count - sum(seen)
     if absent:
         report.problem(f"{absent} id(s) missing, first: {seen.index(0)}")
+    tars = sorted({row["image_key"].partition("#")[0] for row in to_check if ".tar#" in row["image_key"]})
+    for key in tars:
+        check_tar(view, key, shard_ids, report)
     for row in to_check:
         report.images_checked += 1
         try:
@@ -93,3 +112,28 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             report.problem(f"{row['image_key']}: sha256 does not match its Parquet row")
     return report
+
+
+def check_tar(view: JobView, key: str, shard_ids: dict[int, list[int]], report: VerifyReport) -> None:
+    """A WebDataset tar holds exactly its shard's samples, each once: <id>.png and <id>.json, the json
+    naming that id. A second copy of a member, or a stray one, is a duplicate to a WebDataset reader."""
+    try:
+        names = view.tar_names(key)
+    except (StorageError, tarfile.TarError, OSError) as e:
+        report.problem(f"{key}: not readable as a tar ({str(e).splitlines()[0]})")
+        return
+    shard = int(key.rsplit("-", 1)[1].split(".")[0])
+    expected = Counter(shard_format.image_name(i, ext) for i in shard_ids.get(shard, []) for ext in ("png", "json"))
+    found = Counter(names)
+    for name, n in sorted((found - expected).items()):
+        report.problem(f"{key}: {'a second ' + name if name in expected else 'unexpected member ' + name}" + (f" ({n}x)" if n > 1 else ""))
+    for name in sorted(expected - found):
+        report.problem(f"{key}: member {name} missing")
+    members = view.tar_members(key)
+    for i in shard_ids.get(shard, []):
+        try:
+            ok = json.loads(members[shard_format.image_name(i, "json")])["id"] == i
+        except (KeyError, ValueError, TypeError):
+            ok = False
+        if not ok and shard_format.image_name(i, "json") in members:
+            report.problem(f"{key}: {shard_format.image_name(i, 'json')} is not this sample's row")

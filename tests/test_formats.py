@@ -210,3 +210,45 @@ def test_verify_finds_a_missing_tar(jobs, tmp_path):
     (copy / shard_format.tar_key(1)).unlink()
     report = verify(str(copy), full=True)
     assert not report.ok and any("image missing" in p for p in report.problems)
+
+
+def test_verify_finds_a_second_copy_a_stray_and_a_foreign_row_in_a_tar(jobs, tmp_path):
+    """What a WebDataset reader would yield twice or wrongly, which the Parquet index alone does not show."""
+    import json
+    import shutil
+    import tarfile
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["webdataset"], copy)
+    tar_path = copy / shard_format.tar_key(0)
+    with tarfile.open(tar_path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    first = sorted(members)[0]  # 000000000.json
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in [*sorted(members.items()), ("000000001.png", members["000000001.png"]),
+                           ("000000999.png", b"stray")]:
+            data = json.dumps({"id": 7}).encode() if name == first else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report = verify(str(copy), full=True)
+    assert not report.ok
+    assert set(report.problems) >= {f"{shard_format.tar_key(0)}: a second 000000001.png",
+                                    f"{shard_format.tar_key(0)}: unexpected member 000000999.png",
+                                    f"{shard_format.tar_key(0)}: 000000000.json is not this sample's row"}
+
+
+def test_verify_reports_an_unreadable_shard_and_a_stray_file_in_shards(jobs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["parquet"], copy)
+    (copy / shard_format.shard_key(0)).write_bytes(b"garbage")
+    shutil.copy(copy / shard_format.shard_key(1), copy / "shards" / "part-00001 (copy).parquet")
+    report = verify(str(copy), full=True)  # a report, not a pyarrow traceback
+    assert not report.ok
+    problems = "\n".join(report.problems)
+    assert f"{shard_format.shard_key(0)}: checksum differs from _SUCCESS" in problems
+    assert f"{shard_format.shard_key(0)}: not readable as Parquet" in problems
+    assert "shards/part-00001 (copy).parquet: not a shard of this job" in problems
+

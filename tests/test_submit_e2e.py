@@ -83,10 +83,17 @@ def test_rerun_samples_nothing(finished_job):
 
 
 def test_lost_shard_is_rewritten_with_identical_bytes(finished_job):
+    from novarch_batch.pipeline.status import status
+
     spec, _, job_dir = finished_job
     shard_file = job_dir / shard_format.shard_key(1)
     original = shard_file.read_bytes()
     shard_file.unlink()
+    # A finished job that lost a shard is not "already complete": refused, with the repair, and status agrees.
+    with pytest.raises(driver.JobFailed, match=r"finished, but 1 shard\(s\) are gone since .* delete _SUCCESS and re-run"):
+        driver.run(spec)
+    damaged = status(str(job_dir))
+    assert damaged.finished and not damaged.complete and "damaged" in damaged.text()
     (job_dir / "_SUCCESS").unlink()
     report = driver.run(spec)
     assert report.shards_sampled == 1 and report.images_sampled == 10

@@ -119,11 +119,12 @@ def member_key(shard: int, sample_id: int) -> str:
 
 
 def shard_index(key: str) -> int | None:
-    """part-00042.parquet -> 42; None for anything that is not a committed shard file."""
+    """part-00042.parquet -> 42; None for anything that is not a committed shard file (part-42.parquet,
+    a copy, a temporary file): only the name shard_key writes counts."""
     name = key.rsplit("/", 1)[-1]
     if name.startswith("part-") and name.endswith(".parquet"):
         digits = name[len("part-") : -len(".parquet")]
-        return int(digits) if digits.isdigit() else None
+        return int(digits) if digits.isdigit() and shard_key(int(digits)).endswith(name) else None
     return None
 
 
