@@ -11,6 +11,17 @@ from pathlib import Path
 from novarch_batch.storage.base import StorageError
 
 
+def _file_mode() -> int:
+    """The mode open() would give a new file under this process's umask (0644 under the usual 022):
+    mkstemp's private 0600 would make a dataset unreadable to every other user, container or job."""
+    mask = os.umask(0o022)  # read by setting; put back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # at import, before any thread of ours could create a file meanwhile
+
+
 class LocalStorage:
     """A folder on a local (or mounted) file system."""
 
@@ -28,6 +39,7 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             yield tmp, path

@@ -62,6 +62,19 @@ def test_manifests_and_schema_version(finished_job):
     assert (job_dir / "_SUCCESS").stat().st_mtime_ns == newest
 
 
+def test_every_file_of_the_job_is_as_readable_as_the_umask_allows(finished_job):
+    """Written through temporary files, yet not private to their writer: other users, containers and
+    training jobs read a dataset (0644 under the usual umask 022, not mkstemp's 0600)."""
+    import os
+
+    _, _, job_dir = finished_job
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(job_dir).parts[0]: p.stat().st_mode & 0o777 for p in job_dir.rglob("*") if p.is_file()}
+    assert set(modes) >= {"job.json", "_SUCCESS", "shards", "checksums", "images"}
+    assert set(modes.values()) == {0o666 & ~mask}, {k: oct(v) for k, v in modes.items()}
+
+
 def test_a_process_that_read_a_shard_exits_cleanly(finished_job):
     """pyarrow reading from a Python file object could abort the process at exit ("terminate called
     without an active exception", exit 134), in about half the runs of `verify`: 8 runs must all exit 0."""
