@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 import click
@@ -11,14 +12,18 @@ import numpy as np
 
 def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str], dict]:
     """uint8 (N, 32, 32, 3) images of a job (all, or the first `limit` by id), their requested class, job.json."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from novarch_batch.pipeline.reader import JobView
 
     view = JobView.open(url)
     images, labels = [], []
     for row in view.rows(["id", "image_key", "class_label", "image"]):
-        images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
+        try:
+            images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
+        except (KeyError, OSError, UnidentifiedImageError) as e:
+            raise click.ClickException(f"{url}/{row['image_key']}: not a readable image ({type(e).__name__}); "
+                                       f"`novarch-batch verify {url}` says what is damaged and how to repair it")
         labels.append(row["class_label"])
         if limit and len(images) >= limit:
             break
@@ -30,6 +35,19 @@ def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str
 def _runtime_error(e: Exception) -> None:
     click.echo(f"novarch-batch: error: {e}", err=True)
     sys.exit(1)
+
+
+def png_file(ctx, param, value: str) -> str:
+    """--out of a picture: a .png whose folder exists or can be made, checked before any work."""
+    from pathlib import Path
+
+    if Path(value).suffix.lower() != ".png":
+        raise click.BadParameter(f"must name a .png file, got '{value}' (e.g. {Path(value).stem or 'grid'}.png)")
+    folder = Path(value).expanduser().absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise click.BadParameter(f"cannot write '{value}': {existing} is not a writable folder")
+    return value
 
 
 @click.command()
@@ -44,15 +62,17 @@ def evaluate(job_url, as_json):
         images, _, job = job_images(job_url)
     except StorageError as e:
         _runtime_error(e)
+    if len(images) < 2:
+        _runtime_error(f"{job_url}: {len(images)} image; the Fréchet distance needs at least 2 (1,000 give a stable one)")
     metrics = evaluate_images(images, job["spec"]["sampling"]["class_name"])
     click.echo(json.dumps(metrics) if as_json else format_report(metrics))
 
 
 @click.command()
 @click.argument("job_url")
-@click.option("--out", "out_png", default="grid.png", show_default=True, help="PNG file to write.")
-@click.option("--count", default=128, show_default=True, help="Images on the sheet (the first ids).")
-@click.option("--cols", default=16, show_default=True)
+@click.option("--out", "out_png", default="grid.png", show_default=True, callback=png_file, help="PNG file to write.")
+@click.option("--count", default=128, show_default=True, type=click.IntRange(min=1), help="Images on the sheet (the first ids).")
+@click.option("--cols", default=16, show_default=True, type=click.IntRange(min=1), help="Images per row of the sheet.")
 def preview(job_url, out_png, count, cols):
     """A contact sheet of a job's images, labelled with the requested class when it was conditional."""
     from novarch_batch.storage import StorageError
@@ -68,7 +88,7 @@ def preview(job_url, out_png, count, cols):
 
 
 @click.command()
-@click.option("--out", "out_png", default="explain.png", show_default=True, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
+@click.option("--out", "out_png", default="explain.png", show_default=True, callback=png_file, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--model", default=None, metavar="NAME|PATH", help="Model folder or shipped name (default: the shipped NovArch-tiny).")
 @click.option("--trajectories", default=500, show_default=True, type=click.IntRange(min=0),

@@ -207,3 +207,27 @@ def test_evaluate_and_preview_a_small_job(finished_job, tmp_path):
     assert result.exit_code == 0, result.output
     sheet = Image.open(grid)
     assert sheet.width >= 8 * 32 and sheet.height >= 3 * 32  # 24 images in rows of 8
+
+
+def test_model_commands_refuse_bad_input_and_damage_in_one_line(finished_job, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from novarch_batch.pipeline.cli import cli
+
+    _, _, job_dir = finished_job
+    for args, code, message in [(["preview", str(job_dir), "--out", str(tmp_path / "grid")], 2, "must name a .png file"),
+                                (["preview", str(job_dir), "--count", "0"], 2, "0 is not in the range x>=1"),
+                                (["explain", "--out", str(tmp_path / "job.json" / "x.png")], 2, "is not a writable folder")]:
+        if "job.json" in args[-1]:
+            (tmp_path / "job.json").write_text("{}")  # a file where a folder would be
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == code and message in result.output, result.output
+    damaged = tmp_path / "damaged"
+    shutil.copytree(job_dir, damaged)
+    (damaged / shard_format.image_key(0, 3)).write_bytes(b"junk")
+    for command in (["evaluate", str(damaged)], ["preview", str(damaged), "--out", str(tmp_path / "g.png")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1 and "000000003.png: not a readable image" in result.output, result.output
+    assert list(tmp_path.glob("*.png")) == []
