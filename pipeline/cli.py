@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 
 import click
@@ -103,11 +104,16 @@ def run_job(spec, as_json: bool) -> None:
         click.echo(
             f"done: {report.count} images in {report.shards} shards at {report.url}\n"
             f"  this run sampled {report.shards_sampled} shards ({report.images_sampled} images), skipped {report.shards_skipped} already committed; "
-            f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}\n"
-            f"  look: novarch-batch preview {report.url} --out grid.png\n"
-            f"  read: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{report.url}/shards').to_table().to_pandas().head())\""
+            f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}"
+            + "".join(f"\n  {what}: {command}" for what, command in next_steps(report.url))
         )
     driver.release()
+
+
+def next_steps(job_url: str) -> list[tuple[str, str]]:
+    """Shell commands that look at and read a finished job, quoted so that any path pastes as is."""
+    read = f"import pyarrow.dataset as ds; print(ds.dataset({json.dumps(job_url + '/shards')}).to_table().to_pandas().head())"
+    return [("look", f"novarch-batch preview {shlex.quote(job_url)} --out grid.png"), ("read", f"python -c {shlex.quote(read)}")]
 
 
 @cli.command("run-spec", hidden=True)

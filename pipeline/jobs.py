@@ -16,9 +16,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from novarch_batch.pipeline.auth import enable_token_auth
+from novarch_batch.storage import local_path
 from novarch_batch.workers.spec import SHIPPED_MODELS, JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -60,7 +60,7 @@ def project_package(staging: Path) -> str:
 
 def refusal(spec: JobSpec) -> str | None:
     """Why this spec cannot run on a cluster as given, naming the fix; None when it can."""
-    if urlparse(spec.output.out).scheme in ("", "file"):
+    if local_path(spec.output.out) is not None:
         return (f"--out {spec.output.out}: a local folder is on this machine, not on the cluster's nodes; "
                 f"use --out s3://BUCKET/PREFIX with --cluster")
     if spec.model not in SHIPPED_MODELS and not spec.model.startswith("s3://"):

@@ -10,7 +10,6 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
     ALL_STEPS,
@@ -77,18 +76,17 @@ def parse_count(raw) -> int:
 
 
 def validate_out(out: str) -> str:
-    parsed = urlparse(out)
-    if parsed.scheme not in ("", "file", "s3"):
-        raise SpecError(f"--out {out}: unknown scheme '{parsed.scheme}://'; use a local path, file://PATH or s3://BUCKET/PREFIX")
-    if parsed.scheme == "s3" and not parsed.netloc:
-        raise SpecError(f"--out {out}: no bucket; use s3://BUCKET/PREFIX")
-    if parsed.scheme in ("", "file"):
-        from novarch_batch.storage import LocalStorage, StorageError
+    from novarch_batch.storage import LocalStorage, StorageError, local_path
+    from novarch_batch.storage.base import parse_s3_url
 
-        try:
-            LocalStorage(parsed.path if parsed.scheme == "file" else out).check_writable()
-        except StorageError as e:
-            raise SpecError(str(e)) from None
+    try:
+        path = local_path(out)
+        if path is None:
+            parse_s3_url(out)  # bucket and prefix; the store is reached at the job's pre-flight
+        else:
+            LocalStorage(path).check_writable()
+    except StorageError as e:
+        raise SpecError(f"--out {e}" if str(e).startswith(out) else str(e)) from None
     return out
 
 
@@ -96,16 +94,14 @@ def resolve_model(model: str | None) -> tuple[str, Path]:
     """(what actors are given, a local folder to read now): a shipped model by name, a local folder
     as an absolute path, an s3:// model as is (fetched into this node's cache here, and again, once
     per node and sha256-checked, by the actors)."""
-    from novarch_batch.storage import StorageError
+    from novarch_batch.storage import StorageError, local_path
     from novarch_batch.workers.model_cache import fetch_model_folder
 
-    if not model or model in SHIPPED_MODELS:
-        ref = model or SHIPPED_MODEL
-    elif model.startswith("s3://"):
-        ref = model
-    else:
-        ref = str(Path(model.removeprefix("file://")).expanduser().absolute())
     try:
+        if not model or model in SHIPPED_MODELS or model.startswith("s3://"):
+            ref = model or SHIPPED_MODEL
+        else:
+            ref = str(Path(local_path(model)).expanduser().absolute())
         return ref, fetch_model_folder(ref)
     except StorageError as e:
         raise SpecError(f"--model {model}: {e}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Protocol
 
 # Threads per actor that encode and upload images; the S3 client keeps one connection for each
@@ -39,6 +40,21 @@ class Storage(Protocol):
 
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")  # what botocore itself accepts (AWS's own rule is stricter)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """s3://BUCKET/PREFIX -> (bucket, prefix), or a StorageError naming the form."""
+    if not url.startswith("s3://"):
+        raise StorageError(f"{url}: not an S3 URL; use s3://BUCKET/PREFIX")
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"{url}: no bucket; use s3://BUCKET/PREFIX")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise StorageError(f"{url}: '{bucket}' is not a bucket name (letters, digits, '.', '-', '_'); use s3://BUCKET/PREFIX")
+    return bucket, prefix
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

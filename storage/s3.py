@@ -30,7 +30,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from novarch_batch.storage.base import UPLOAD_CONCURRENCY, StorageError, join
+from novarch_batch.storage.base import UPLOAD_CONCURRENCY, StorageError, join, parse_s3_url
 
 DEFAULT_REGION = "us-east-1"  # SeaweedFS and most S3-compatible stores accept any region; AWS needs one
 # One connection per upload thread, plus a few for the shard's Parquet PUT, lists and reads,
@@ -115,10 +115,7 @@ class S3Storage:
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> "S3Storage":
-        parsed = urlparse(url)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise StorageError(f"{url}: not an S3 URL; use s3://BUCKET/PREFIX")
-        return cls(parsed.netloc, parsed.path, **kwargs)
+        return cls(*parse_s3_url(url), **kwargs)
 
     # -- client ------------------------------------------------------------------------
 

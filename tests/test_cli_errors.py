@@ -28,7 +28,20 @@ CASES = [
     (["--count", "8", "--job-id", "../escape"], "--job-id must be 1-128 letters"),
     (["--count", "8", "--out", "gs://bucket/x"], "unknown scheme 'gs://'"),
     (["--count", "8", "--out", "s3://"], "no bucket"),
+    (["--count", "8", "--out", "s3://Bad_Bucket!/x"], "'Bad_Bucket!' is not a bucket name"),
+    (["--count", "8", "--out", "file://relative"], "a file URL names an absolute path, file:///PATH (three slashes)"),
 ]
+
+
+def test_only_scheme_slash_slash_makes_a_url(tmp_path):
+    """A folder may hold ':' and '#'; a file URL is percent-decoded and never loses a '#' part."""
+    from novarch_batch.storage import local_path
+
+    assert local_path("runs/night-T10:00") == "runs/night-T10:00"
+    assert local_path("runs/a#b") == "runs/a#b"
+    assert local_path("file:///data/my%20jobs/a#b") == "/data/my jobs/a#b"
+    assert local_path("file://localhost/data") == "/data"
+    assert local_path("s3://bucket/prefix") is None
 
 
 def run_cli(args: list[str], monkeypatch, cwd: Path):

@@ -231,3 +231,23 @@ def test_model_commands_refuse_bad_input_and_damage_in_one_line(finished_job, tm
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1 and "000000003.png: not a readable image" in result.output, result.output
     assert list(tmp_path.glob("*.png")) == []
+
+
+def test_the_printed_look_and_read_commands_run_as_pasted_from_a_path_with_spaces(finished_job, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from novarch_batch.pipeline.cli import next_steps
+
+    _, _, job_dir = finished_job
+    job = tmp_path / "my data" / "it's here"
+    shutil.copytree(job_dir, job)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for what, command in next_steps(str(job)):
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert done.returncode == 0, f"{what}: {command}\n{done.stderr}"
+    assert (tmp_path / "grid.png").is_file()
+    assert "[5 rows x" in done.stdout  # the read command printed the table's head

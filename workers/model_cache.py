@@ -12,9 +12,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlparse
 
-from novarch_batch.storage import StorageError, join, open_storage, sha256_file
+from novarch_batch.storage import StorageError, join, local_path, open_storage, sha256_file
 from novarch_batch.workers.model import default_model_dir
 from novarch_batch.workers.spec import SHIPPED_MODELS
 
@@ -36,14 +35,12 @@ def fetch_model_folder(url: str, cache_root: Path | None = None, expected_sha256
     ``s3://`` via the node cache."""
     if url in SHIPPED_MODELS:
         url = str(default_model_dir(url))
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        folder = Path(parsed.path if parsed.scheme == "file" else url)
+    path = local_path(url)
+    if path is not None:
+        folder = Path(path)
         if expected_sha256:
             _check(sha256_file(folder / WEIGHTS), expected_sha256, str(folder / WEIGHTS))
         return folder
-    if parsed.scheme != "s3":
-        raise StorageError(f"--model {url}: unknown scheme '{parsed.scheme}://'; use a local folder or s3://BUCKET/PREFIX")
 
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     root.mkdir(parents=True, exist_ok=True)

@@ -300,7 +300,7 @@ OPTIONAL_FIELDS = tuple(sorted({name for used in SAMPLER_OPTIONS.values() for na
 
 @dataclass(frozen=True)
 class OutputConfig:
-    out: str = option("./novarch-out", "Output root: a folder, file://PATH or s3://BUCKET/PREFIX. The job lands in "
+    out: str = option("./novarch-out", "Output root: a folder, file:///PATH or s3://BUCKET/PREFIX. The job lands in "
                       "<out>/<job_id>/.", metavar="PATH|URL")
     shard_size: int = option(0, "Images per shard (one Parquet file each).", metavar="M", show="count/32 clamped to 64..1000")
     format: str = option("files", "Where the images go: files = one PNG per image beside the Parquet index; parquet = "
