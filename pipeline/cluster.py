@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import ray
 
 from novarch_batch.pipeline.autoscaler import max_gpus
-from novarch_batch.workers.spec import GPU_ENCODE_PROCESSES, RunConfig
+from novarch_batch.workers.spec import GPU_ENCODE_PROCESSES, RunConfig, SpecError
+
+
+class ClusterRefusal(SpecError):
+    """The cluster cannot give what the job asks (a GPU where none is or can be added): refused, like
+    bad input, before anything is written."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def actor_resources(run: RunConfig, local: bool = False) -> ActorResources:
         ceiling = max(gpus_now, autoscaler or 0)
         if run.gpus and not ceiling and (local or autoscaler == 0):
             where = "this machine has no GPU" if local else "the cluster has no GPU and no node type of its autoscaler offers one"
-            raise RuntimeError(f"--gpus {run.gpus}, but {where}; add a GPU node type (ray_cluster.yaml, or the RayCluster's "
+            raise ClusterRefusal(f"--gpus {run.gpus}, but {where}; add a GPU node type (ray_cluster.yaml, or the RayCluster's "
                                f"workerGroupSpecs) or drop --gpus to run on CPUs")
         gpus = run.gpus or ceiling
         if gpus:
@@ -96,7 +101,7 @@ def actor_resources(run: RunConfig, local: bool = False) -> ActorResources:
             encode = run.encode_processes or max(1, GPU_ENCODE_PROCESSES // k)
             return ActorResources(gpus * k, 1 / k, 1 / k, 0, "cuda", encode, gpus=gpus, gpus_now=gpus_now, gpus_addable=ceiling - gpus_now)
         if run.device == "cuda":
-            raise RuntimeError("--device cuda, but the Ray cluster has no GPU and no autoscaler that can add one; "
+            raise ClusterRefusal("--device cuda, but the Ray cluster has no GPU and no autoscaler that can add one; "
                                "use --device auto or cpu, or a cluster with GPU nodes")
     actors = run.actors or default_cpu_actors(cpus)
     threads = max(1, cpus // actors)

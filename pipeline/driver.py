@@ -102,8 +102,12 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
             held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
         lease = held.enter_context(Lease(job, conditional=conditional))
+        # The actors are planned before job.json: a cluster that cannot give them (no GPU to be had)
+        # refuses the job with nothing written, and a job with nothing left to sample starts no Ray.
+        pending = missing_shards(spec.count, spec.output.shard_size, manifest.committed_shards(job))
+        pool = _plan_pool(spec) if pending else None
         created_at = manifest.prepare_job(job, spec)
-        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional)
+        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pool)
 
 
 def release() -> None:
@@ -113,7 +117,13 @@ def release() -> None:
         ray.shutdown()
 
 
-def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional) -> JobReport:
+def _plan_pool(spec: JobSpec) -> tuple[bool, cluster.ActorResources]:
+    """Join or start Ray and size the actor pool: (whether this process started Ray, the resources)."""
+    local = cluster.connect(spec.run.ray_address)
+    return local, cluster.actor_resources(spec.run, local=local)
+
+
+def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pool) -> JobReport:
     committed = manifest.committed_shards(job)
     todo = missing_shards(spec.count, spec.output.shard_size, committed)
     report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo),
@@ -122,7 +132,7 @@ def _run_job(spec, job, job_url, created_at, progress, started, lease, condition
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
         try:
-            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started)
+            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool or _plan_pool(spec))
         finally:
             progress.close()
     checksums.update(manifest.shard_checksums(job, [k for k in range(spec.num_shards) if k not in checksums]))
@@ -136,9 +146,8 @@ def _run_job(spec, job, job_url, created_at, progress, started, lease, condition
     return report
 
 
-def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started) -> None:
-    local = cluster.connect(spec.run.ray_address)
-    resources = cluster.actor_resources(spec.run, local=local)
+def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool) -> None:
+    local, resources = pool
     actors = min(resources.actors, len(todo))  # never more actors than shards left to sample
     report.actors = resources.describe()
     metrics = JobMetrics(spec.job_id)

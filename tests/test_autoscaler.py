@@ -116,6 +116,7 @@ def test_gpus_on_a_cluster_without_a_gpu_node_type_fails_at_once(tmp_path):
     with fake_cluster({"CPU": 1}, max_workers=1, env=cluster_env()) as cpu_cluster:
         started = time.monotonic()
         code, _, stderr = submit(cpu_cluster, tmp_path, "--count", "8", "--steps", "1", "--gpus", "1")
-    assert code == 1
+    assert code == 2  # refused like bad input: the cluster can never give it
     assert "--gpus 1, but the cluster has no GPU and no node type of its autoscaler offers one" in stderr
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []  # not even job.json
     assert time.monotonic() - started < 60

@@ -140,6 +140,15 @@ def test_unplaceable_actors_fail_at_the_deadline(ray_local, tmp_path):
     assert not (tmp_path / spec.job_id / "shards").exists()
 
 
+def test_device_cuda_without_a_gpu_to_be_had_is_refused_with_nothing_written(ray_local, tmp_path):
+    from novarch_batch.pipeline.cluster import ClusterRefusal
+
+    spec = build_spec(count=8, out=str(tmp_path), steps=1, device="cuda")
+    with pytest.raises(ClusterRefusal, match="--device cuda, but the Ray cluster has no GPU and no autoscaler that can add one"):
+        driver.run(spec)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # planned before job.json: not even that
+
+
 def test_changed_model_weights_fail_the_actors_start(ray_local, tmp_path, model_dir):
     """The weights changed after the job was planned: every actor refuses them at start-up, and after
     a bounded number of replacements the job fails with the actor's own error."""
