@@ -29,8 +29,8 @@ def export_lines(server: EmbeddedS3) -> list[str]:
 @click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, help="Bucket created at start.")
 def serve(dir_: str, port: int, bucket: str) -> None:
     """Run SeaweedFS's S3 gateway on 127.0.0.1 until Ctrl-C."""
-    server = EmbeddedS3(dir_, port=port, bucket=bucket)
     try:
+        server = EmbeddedS3(dir_, port=port, bucket=bucket)
         server.start()  # Ctrl-C while starting: KeyboardInterrupt, and start() stops the server
     except SeaweedError as exc:
         raise click.ClickException(str(exc)) from None

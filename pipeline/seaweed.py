@@ -127,8 +127,11 @@ class EmbeddedS3:
         self.access_key, self.secret_key = access_key, secret_key
         if access_key is None and (self.dir / IDENTITIES).is_file():
             # Same folder, same keys: exported variables stay valid across restarts.
-            creds = json.loads((self.dir / IDENTITIES).read_text())["identities"][0]["credentials"][0]
-            self.access_key, self.secret_key = creds["accessKey"], creds["secretKey"]
+            try:
+                creds = json.loads((self.dir / IDENTITIES).read_text())["identities"][0]["credentials"][0]
+                self.access_key, self.secret_key = creds["accessKey"], creds["secretKey"]
+            except (ValueError, LookupError, TypeError):
+                raise SeaweedError(f"{self.dir / IDENTITIES}: no access key in it; fix it, or delete it to have new keys made") from None
         self._requested_port = port
         self._ports: dict[str, int] | None = None
         self._proc: subprocess.Popen | None = None
