@@ -66,6 +66,9 @@ def connect(address: str | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
         return False
+    # Ray turns token authentication on for a new local instance and says so on every start; for a
+    # private instance of one job that notice is noise on the user's terminal (the protection stays).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
     return True
 
