@@ -54,7 +54,8 @@ def main(model, classes, seeds, sampler, steps, guidance, guidance_interval, fin
                                   final_timestep, spacing)
             metrics = evaluate_images(images, class_name, judge, reader)
             rows.append({"class": class_name, "seed": seed, "purity": metrics["purity"], "fd_ratio": metrics["fd_ratio"],
-                         "fd_scene_ratio": metrics["fd_scene_ratio"], "scene_mean_shift": metrics["scene_mean_shift"]})
+                         "fd_scene_ratio": metrics["fd_scene_ratio"], "scene_mean_shift": metrics["scene_mean_shift"],
+                         "conditional_accuracy": metrics["conditional_accuracy"], "class_shares": metrics["class_shares"]})
             click.echo(json.dumps(rows[-1]))
         spread[class_name] = {space: spread_of([row[space] for row in rows if row["class"] == class_name])
                               for space in ("fd_ratio", "fd_scene_ratio")}
