@@ -131,3 +131,19 @@ def test_help_explains_every_flag():
     for flag in ("--count", "--out", "--class", "--sampler", "--steps", "--guidance", "--seed", "--shard-size",
                  "--batch-size", "--actors", "--job-id", "--ray-address", "--json", "--model"):
         assert flag in result.output
+
+
+def test_a_commands_own_refusal_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """A job interrupted before its first shard: `preview` has nothing to show, and says so in one line."""
+    from novarch_batch.pipeline import manifest
+    from novarch_batch.pipeline.spec import build_spec
+    from novarch_batch.storage import LocalStorage
+
+    spec = build_spec(count=8, out=str(tmp_path))
+    manifest.prepare_job(LocalStorage(tmp_path / spec.job_id), spec)
+    monkeypatch.setattr(sys, "argv", ["novarch-batch", "preview", str(tmp_path / spec.job_id), "--out", str(tmp_path / "g.png")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert err.strip() == f"novarch-batch: error: {tmp_path / spec.job_id}: no committed shards yet; wait for the job or re-run it"
