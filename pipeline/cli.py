@@ -148,7 +148,10 @@ def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
         click.echo(f"submitted {submission.submission_id} to {address}\n  output: {output_url}\n"
                    f"  follow: novarch-batch jobs logs {submission.submission_id} --follow --cluster {address}", err=wait)
     if wait:
-        status = jobs.follow(address, submission.submission_id, lambda text: click.echo(text))
+        try:
+            status = jobs.follow(address, submission.submission_id, lambda text: click.echo(text))
+        except jobs.ClusterError as e:
+            fail(f"{e}; the job goes on: novarch-batch jobs logs {submission.submission_id} --follow --cluster {address}", EXIT_RUNTIME)
         click.echo(f"job {submission.submission_id}: {status}", err=True)
         sys.exit(0 if status == "SUCCEEDED" else EXIT_RUNTIME)
 
@@ -300,7 +303,7 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        fail("interrupted; committed shards are kept, run the same command to resume", 130)
+        fail("interrupted", 130)
     except Exception as e:  # whatever the command, a user sees one line, not a traceback
         if os.environ.get("NOVARCH_DEBUG"):
             raise

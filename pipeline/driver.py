@@ -90,8 +90,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             gone = sorted(set(range(spec.num_shards)) - manifest.committed_shards(job))
             if gone:
                 raise JobFailed(f"{job_url}: the job finished, but {len(gone)} shard(s) are gone since (first: "
-                                f"{shard_format.shard_key(gone[0])}); delete {manifest.SUCCESS_FILE} and re-run the same "
-                                f"submit to sample them again, with identical bytes")
+                                f"{shard_format.shard_key(gone[0])}); {manifest.REPAIR_LOST_SHARDS}")
             return JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards,
                              complete=True, already_complete=True, seconds=round(time.perf_counter() - started, 3))
     root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
@@ -107,7 +106,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         pending = missing_shards(spec.count, spec.output.shard_size, manifest.committed_shards(job))
         pool = _plan_pool(spec) if pending else None
         created_at = manifest.prepare_job(job, spec)
-        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pool)
+        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
 
 
 def release() -> None:
@@ -123,16 +122,14 @@ def _plan_pool(spec: JobSpec) -> tuple[bool, cluster.ActorResources]:
     return local, cluster.actor_resources(spec.run, local=local)
 
 
-def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pool) -> JobReport:
-    committed = manifest.committed_shards(job)
-    todo = missing_shards(spec.count, spec.output.shard_size, committed)
+def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, todo, pool) -> JobReport:
     report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo),
                        started_at=round(time.time() - (time.perf_counter() - started), 3), conditional_writes=conditional)
     checksums: dict[int, str] = {}
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
         try:
-            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool or _plan_pool(spec))
+            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool)
         finally:
             progress.close()
     checksums.update(manifest.shard_checksums(job, [k for k in range(spec.num_shards) if k not in checksums]))

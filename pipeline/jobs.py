@@ -19,6 +19,7 @@ from pathlib import Path
 
 from novarch_batch.pipeline.auth import enable_token_auth
 from novarch_batch.storage import local_path
+from novarch_batch.storage.base import is_s3_url
 from novarch_batch.workers.spec import SHIPPED_MODELS, JobSpec
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -63,7 +64,7 @@ def refusal(spec: JobSpec) -> str | None:
     if local_path(spec.output.out) is not None:
         return (f"--out {spec.output.out}: a local folder is on this machine, not on the cluster's nodes; "
                 f"use --out s3://BUCKET/PREFIX with --cluster")
-    if spec.model not in SHIPPED_MODELS and not spec.model.startswith("s3://"):
+    if spec.model not in SHIPPED_MODELS and not is_s3_url(spec.model):
         return (f"--model {spec.model}: a local folder does not reach the cluster; upload it "
                 f"under a prefix the cluster's nodes may read, e.g. beside --out (aws s3 cp --recursive {spec.model} "
                 f"s3://BUCKET/PREFIX/models/NAME) and pass --model s3://BUCKET/PREFIX/models/NAME")

@@ -38,6 +38,8 @@ def job_document(spec: JobSpec, created_at: str) -> dict:
     }
 
 
+# A finished job that has lost shards since: what brings them back (the same command, after this).
+REPAIR_LOST_SHARDS = "delete _SUCCESS and re-run the same submit to sample them again, with identical bytes"
 DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
                SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
 

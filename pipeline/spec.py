@@ -11,6 +11,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from novarch_batch.storage.base import is_s3_url
 from novarch_batch.workers.spec import (  # noqa: F401  (JobSpec and SpecError: this module's callers use them from here)
     ALL_STEPS,
     DISTILLED,
@@ -98,10 +99,8 @@ def resolve_model(model: str | None) -> tuple[str, Path]:
     from novarch_batch.workers.model_cache import fetch_model_folder
 
     try:
-        if not model or model in SHIPPED_MODELS or model.startswith("s3://"):
-            ref = model or SHIPPED_MODEL
-        else:
-            ref = str(Path(local_path(model)).expanduser().absolute())
+        path = local_path(model) if model and model not in SHIPPED_MODELS else None
+        ref = str(Path(path).expanduser().absolute()) if path is not None else model or SHIPPED_MODEL
         return ref, fetch_model_folder(ref)
     except StorageError as e:
         raise SpecError(f"--model {model}: {e}") from None
@@ -148,7 +147,7 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
     if options:
         raise TypeError(f"build_spec got unknown options: {', '.join(sorted(options))}")
     output = parts[OutputConfig]
-    if "format" not in output and str(output.get("out", "")).startswith("s3://"):
+    if "format" not in output and is_s3_url(str(output.get("out", ""))):
         output["format"] = S3_DEFAULT_FORMAT  # one PUT per shard, not per image (OutputConfig.format's help)
     if not output.get("shard_size"):
         output["shard_size"] = auto_shard_size(count)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from novarch_batch.pipeline.manifest import REPAIR_LOST_SHARDS
 from novarch_batch.pipeline.shards import shard
 from novarch_batch.pipeline.reader import JobView
 
@@ -25,8 +26,7 @@ class StatusReport:
         if self.complete:
             state = "complete"
         elif self.finished:
-            state = ("damaged: it finished, but shards are gone since (`novarch-batch verify` lists them); delete "
-                     "_SUCCESS and re-run the same submit to sample them again, with identical bytes")
+            state = f"damaged: it finished, but shards are gone since (`novarch-batch verify` lists them); {REPAIR_LOST_SHARDS}"
         else:
             state = "incomplete (running, or interrupted: re-run the same submit to resume)"
         pct = 100 * self.images_committed / self.images_planned
@@ -40,5 +40,5 @@ def status(url: str) -> StatusReport:
     size = int(view.job["shard_plan"]["shard_size"])
     images = sum(shard(k, view.count, size).size for k in committed if k < view.num_shards)
     finished = view.success() is not None
-    complete = finished and len(committed) >= view.num_shards
+    complete = finished and set(range(view.num_shards)) <= committed
     return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete, finished)

@@ -99,10 +99,12 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     absent = view.count - sum(seen)
     if absent:
         report.problem(f"{absent} id(s) missing, first: {seen.index(0)}")
-    tars = sorted({row["image_key"].partition("#")[0] for row in to_check if ".tar#" in row["image_key"]})
-    for key in tars:
-        check_tar(view, key, shard_ids, report)
-    for row in to_check:
+    tars_checked = set()
+    for row in sorted(to_check, key=lambda row: row["image_key"]):  # a tar's rows together: one download each
+        container = row["image_key"].partition("#")[0]
+        if container.endswith(".tar") and container not in tars_checked:
+            tars_checked.add(container)
+            check_tar(view, container, shard_ids, report)
         report.images_checked += 1
         try:
             data = view.image_bytes(row)
@@ -122,7 +124,10 @@ def check_tar(view: JobView, key: str, shard_ids: dict[int, list[int]], report: 
     except (StorageError, tarfile.TarError, OSError) as e:
         report.problem(f"{key}: not readable as a tar ({str(e).splitlines()[0]})")
         return
-    shard = int(key.rsplit("-", 1)[1].split(".")[0])
+    shard = shard_format.tar_index(key)
+    if shard is None:
+        report.problem(f"{key}: an image_key names a tar that is not one of the job's")
+        return
     expected = Counter(shard_format.image_name(i, ext) for i in shard_ids.get(shard, []) for ext in ("png", "json"))
     found = Counter(names)
     for name, n in sorted((found - expected).items()):

@@ -13,7 +13,6 @@ from novarch_batch.storage.local import LocalStorage
 
 __all__ = ["UPLOAD_CONCURRENCY", "LocalStorage", "Storage", "StorageError", "join", "local_path", "open_storage",
            "sha256_file"]
-SCHEMES = ("file", "s3")
 URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
 

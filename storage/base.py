@@ -45,9 +45,13 @@ def join(url: str, *parts: str) -> str:
 BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")  # what botocore itself accepts (AWS's own rule is stricter)
 
 
+def is_s3_url(url: str) -> bool:
+    return url[:5].lower() == "s3://"  # a URL's scheme is case-insensitive
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """s3://BUCKET/PREFIX -> (bucket, prefix), or a StorageError naming the form."""
-    if not url.startswith("s3://"):
+    if not is_s3_url(url):
         raise StorageError(f"{url}: not an S3 URL; use s3://BUCKET/PREFIX")
     bucket, _, prefix = url[len("s3://"):].partition("/")
     if not bucket:

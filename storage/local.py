@@ -13,13 +13,18 @@ from novarch_batch.storage.base import StorageError
 
 def _file_mode() -> int:
     """The mode open() would give a new file under this process's umask (0644 under the usual 022):
-    mkstemp's private 0600 would make a dataset unreadable to every other user, container or job."""
-    mask = os.umask(0o022)  # read by setting; put back at once
-    os.umask(mask)
+    mkstemp's private 0600 would make a dataset unreadable to every other user, container or job.
+    Linux reports the umask in /proc without changing it; elsewhere it is read by setting it back."""
+    try:
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("Umask:"))
+        mask = int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
-FILE_MODE = _file_mode()  # at import, before any thread of ours could create a file meanwhile
+FILE_MODE = _file_mode()
 
 
 class LocalStorage:
@@ -39,7 +44,8 @@ class LocalStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
-            os.fchmod(fd, FILE_MODE)
+            with contextlib.suppress(OSError):  # best effort: some mounts (vfat, some FUSE) refuse chmod
+                os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             yield tmp, path

@@ -118,6 +118,12 @@ def member_key(shard: int, sample_id: int) -> str:
     return f"{tar_key(shard)}#{image_name(sample_id)}"
 
 
+def tar_index(key: str) -> int | None:
+    """webdataset/part-00042.tar -> 42; None for any other name."""
+    digits = key.removeprefix("webdataset/part-").removesuffix(".tar")
+    return int(digits) if digits.isdigit() and tar_key(int(digits)) == key else None
+
+
 def shard_index(key: str) -> int | None:
     """part-00042.parquet -> 42; None for anything that is not a committed shard file (part-42.parquet,
     a copy, a temporary file): only the name shard_key writes counts."""
