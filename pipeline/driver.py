@@ -102,7 +102,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
         lease = held.enter_context(Lease(job, conditional=conditional))
         # The actors are planned before job.json: a cluster that cannot give them (no GPU to be had)
-        # refuses the job with nothing written, and a job with nothing left to sample starts no Ray.
+        # refuses the job before any job.json, and a job with nothing left to sample starts no Ray.
         pending = missing_shards(spec.count, spec.output.shard_size, manifest.committed_shards(job))
         pool = _plan_pool(spec) if pending else None
         created_at = manifest.prepare_job(job, spec)
