@@ -79,6 +79,7 @@ def run_job(spec, as_json: bool) -> None:
 
         enable_token_auth()  # before Ray is imported: a running cluster has token auth on
     from novarch_batch.pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
+    from novarch_batch.pipeline.cluster import Terminated
     from novarch_batch.pipeline.lease import JobBusy
     from novarch_batch.pipeline.progress import Progress
     from novarch_batch.storage import StorageError
@@ -94,8 +95,9 @@ def run_job(spec, as_json: bool) -> None:
         fail(str(e), EXIT_USAGE)
     except (driver.JobFailed, StorageError, JobBusy) as e:
         fail(str(e), EXIT_RUNTIME)
-    except KeyboardInterrupt:
-        fail("interrupted; committed shards are kept, run the same command to resume", 130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM once Ray runs (cluster.Terminated): 128 + the signal
+        signal_name, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.already_complete:
@@ -260,6 +262,8 @@ def status(job_url, as_json):
     except StorageError as e:
         fail(str(e), EXIT_RUNTIME)
     click.echo(json.dumps(report.to_dict()) if as_json else report.text())
+    if report.finished and not report.complete:
+        sys.exit(EXIT_RUNTIME)  # damaged since it finished: a script must not take it for done
 
 
 from novarch_batch.pipeline.cli_model import evaluate, explain, preview  # noqa: E402  (commands of their own modules)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -51,6 +53,21 @@ class ActorResources:
         return f"each asks for {request}; no node has a free CPU: add CPU nodes or lower --actors"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a scheduler, the Jobs API stopping a job) reached the driver."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def stop_like_ctrl_c_on_sigterm() -> None:
+    """After ray.init, whose own SIGTERM handler dumps a crash report and aborts (exit 134): a
+    SIGTERM then unwinds the driver as Ctrl-C does, releasing the job's lease on the way out."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def connect(address: str | None) -> bool:
     """Join --ray-address (or the cluster of a Jobs API driver), else start a private local Ray.
 
@@ -65,11 +82,13 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")  # set for a driver run by the Jobs API
     if address:
         ray.init(address=address, **kwargs)
+        stop_like_ctrl_c_on_sigterm()
         return False
     # Ray turns token authentication on for a new local instance and says so on every start; for a
     # private instance of one job that notice is noise on the user's terminal (the protection stays).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+    stop_like_ctrl_c_on_sigterm()
     return True
 
 

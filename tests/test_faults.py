@@ -114,6 +114,26 @@ def test_driver_killed_then_rerun_resumes_identically(tmp_path):
     assert verify(str(job), full=True).ok
 
 
+def test_sigterm_stops_the_driver_as_ctrl_c_does(tmp_path):
+    """kill, docker stop, a scheduler: one line and exit 143, the job's lease released, no crash
+    report (Ray's own handler dumped one and aborted, exit 134)."""
+    out = tmp_path / "terminated"
+    proc = subprocess.Popen(submit_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
+    try:
+        wait_for(lambda: list(out.glob("*/shards/*.parquet")), 240, "a committed shard", interval=0.02)
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("novarch-batch: error: terminated; committed shards are kept, "
+                                               "run the same command to resume")
+    assert "SIGTERM received" not in stderr
+    assert not list(out.glob("*/_LEASE*"))  # released on the way out: a re-run need not wait for it to go stale
+
+
 def test_second_driver_on_a_running_job_refuses(ray_local, tmp_path):
     spec = build_spec(count=48, out=str(tmp_path), steps=6, shard_size=8, batch_size=4, actors=1, seed=33)
     thread, outcome = run_in_thread(spec)

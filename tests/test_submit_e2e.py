@@ -112,6 +112,11 @@ def test_lost_shard_is_rewritten_with_identical_bytes(finished_job):
     damaged = status(str(job_dir))
     stray.unlink()
     assert damaged.finished and not damaged.complete and "damaged" in damaged.text()
+    from click.testing import CliRunner
+
+    from novarch_batch.pipeline.cli import cli
+
+    assert CliRunner().invoke(cli, ["status", str(job_dir)]).exit_code == 1  # a script must not take it for done
     (job_dir / "_SUCCESS").unlink()
     report = driver.run(spec)
     assert report.shards_sampled == 1 and report.images_sampled == 10
