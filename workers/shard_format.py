@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import typing
 
 import pyarrow as pa
@@ -118,20 +119,20 @@ def member_key(shard: int, sample_id: int) -> str:
     return f"{tar_key(shard)}#{image_name(sample_id)}"
 
 
-def tar_index(key: str) -> int | None:
-    """webdataset/part-00042.tar -> 42; None for any other name."""
-    digits = key.removeprefix("webdataset/part-").removesuffix(".tar")
-    return int(digits) if digits.isdigit() and tar_key(int(digits)) == key else None
-
-
 def shard_index(key: str) -> int | None:
-    """part-00042.parquet -> 42; None for anything that is not a committed shard file (part-42.parquet,
-    a copy, a temporary file): only the name shard_key writes counts."""
-    name = key.rsplit("/", 1)[-1]
-    if name.startswith("part-") and name.endswith(".parquet"):
-        digits = name[len("part-") : -len(".parquet")]
-        return int(digits) if digits.isdigit() and shard_key(int(digits)).endswith(name) else None
-    return None
+    """shards/part-00042.parquet -> 42; None for anything else in shards/ (part-42.parquet, a copy, a
+    temporary file): only the key shard_key writes counts."""
+    return _index(key, shard_key)
+
+
+def tar_index(key: str) -> int | None:
+    """webdataset/part-00042.tar -> 42; None for any other key."""
+    return _index(key, tar_key)
+
+
+def _index(key: str, key_of) -> int | None:
+    number = re.search(r"part-(\d+)\.", key)
+    return int(number[1]) if number and key_of(int(number[1])) == key else None
 
 
 def shard_bytes(rows: dict[str, list], classes: tuple[str, ...]) -> bytes:
