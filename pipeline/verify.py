@@ -45,7 +45,8 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         report.problem("_SUCCESS is missing: the job did not finish")
     elif success.get("spec_hash") != view.job.get("spec_hash"):
         report.problem("_SUCCESS belongs to another spec than job.json")
-    committed = view.committed()
+    listed = {key: shard_format.shard_index(key) for key in view.storage.list("shards/")}  # one listing serves both uses
+    committed = {k for k in listed.values() if k is not None}
     report.shards = len(committed)
     missing = sorted(set(range(view.num_shards)) - committed)
     if missing:
@@ -58,8 +59,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     if expected_version not in shard_format.READABLE_VERSIONS:
         report.problem(f"job.json: schema version {expected_version!r}, this novarch-batch reads "
                        f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
-    for key in view.storage.list("shards/"):
-        index = shard_format.shard_index(key)
+    for key, index in listed.items():
         if index is None or index >= view.num_shards:
             report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
     shard_ids: dict[int, list[int]] = {}
@@ -136,9 +136,13 @@ def check_tar(view: JobView, key: str, shard_ids: dict[int, list[int]], report: 
         report.problem(f"{key}: member {name} missing")
     members = view.tar_members(key)
     for i in shard_ids.get(shard, []):
-        try:
-            ok = json.loads(members[shard_format.image_name(i, "json")])["id"] == i
-        except (KeyError, ValueError, TypeError):
-            ok = False
-        if not ok and shard_format.image_name(i, "json") in members:
-            report.problem(f"{key}: {shard_format.image_name(i, 'json')} is not this sample's row")
+        name = shard_format.image_name(i, "json")
+        if name in members and not _is_row_of(members[name], i):  # a missing one is reported above
+            report.problem(f"{key}: {name} is not this sample's row")
+
+
+def _is_row_of(data: bytes, sample_id: int) -> bool:
+    try:
+        return json.loads(data)["id"] == sample_id
+    except (KeyError, ValueError, TypeError):
+        return False
