@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 
 import click
 import numpy as np
@@ -32,11 +31,6 @@ def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str
     return np.stack(images), labels, view.job
 
 
-def _runtime_error(e: Exception) -> None:
-    click.echo(f"novarch-batch: error: {e}", err=True)
-    sys.exit(1)
-
-
 def png_file(ctx, param, value: str) -> str:
     """--out of a picture: a .png whose folder exists or can be made, checked before any work."""
     from pathlib import Path
@@ -61,9 +55,9 @@ def evaluate(job_url, as_json):
     try:
         images, _, job = job_images(job_url)
     except StorageError as e:
-        _runtime_error(e)
+        raise click.ClickException(str(e)) from None  # one line and exit 1 (cli.main)
     if len(images) < 2:
-        _runtime_error(f"{job_url}: {len(images)} image; the Fréchet distance needs at least 2 (1,000 give a stable one)")
+        raise click.ClickException(f"{job_url}: {len(images)} image; the Fréchet distance needs at least 2 (1,000 give a stable one)")
     metrics = evaluate_images(images, job["spec"]["sampling"]["class_name"])
     click.echo(json.dumps(metrics) if as_json else format_report(metrics))
 
@@ -81,7 +75,7 @@ def preview(job_url, out_png, count, cols):
     try:
         images, labels, job = job_images(job_url, count)
     except StorageError as e:
-        _runtime_error(e)
+        raise click.ClickException(str(e)) from None  # one line and exit 1 (cli.main)
     conditional = job["spec"]["sampling"]["class_name"] != "any"
     path = render_grid(images, labels if conditional else None, out_png, cols=cols)
     click.echo(f"wrote {path} ({len(images)} images)")
@@ -106,7 +100,7 @@ def explain(out_png, seed, model, trajectories):
     try:
         generator = ImageGenerator(fetch_model_folder(model or SHIPPED_MODEL), "cpu")
     except (ModelError, StorageError) as e:
-        _runtime_error(e)
+        raise click.ClickException(str(e)) from None  # one line and exit 1 (cli.main)
     click.echo(f"wrote {render_explain(generator, out_png, seed=seed)}")
     if trajectories:
         from pathlib import Path
