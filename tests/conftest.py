@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,15 @@ pytest_plugins = ["tests.fixtures_s3"]
 
 # Tests share 2 cores between pytest, Ray actors and the S3 server: keep torch to one thread here.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token():
+    """A local Ray token (~/.ray/auth_token) from the start, whichever test runs first. Ray writes one on
+    its first local start, and from then on `ray start --head` turns token authentication on; on a
+    fresh machine the test heads would otherwise differ by test order (with or without a token)."""
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
+                   check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

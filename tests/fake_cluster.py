@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from tests.procs import kill_ray_cluster, parent_pid, processes, wait_for
-from tests.ray_head import free_port
+from tests.ray_head import free_port, why
 
 BIN = Path(sys.executable).parent
 
@@ -91,10 +91,20 @@ def fake_cluster(worker_resources: dict, max_workers: int, env: dict[str, str], 
            *[f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                      "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
                                                      "object-manager-port")]]
-    head = subprocess.Popen(cmd, env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = Path(temp_dir) / "ray-start.log"
+    with open(log, "wb") as output:
+        head = subprocess.Popen(cmd, env=head_env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def monitor_started() -> bool:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited ({head.returncode}) before the autoscaler started:\n{why(temp_dir)}")
+        return any("monitor.py" in argv and f":{port}" in argv for _, argv in processes())
+
     try:
-        wait_for(lambda: any("monitor.py" in argv and f":{port}" in argv for _, argv in processes()), 60,
-                 "the head's autoscaler", interval=0.5)
+        try:
+            wait_for(monitor_started, 60, "the head's autoscaler", interval=0.5)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}:\n{why(temp_dir)}") from None
         # A loaded machine can start the monitor before the head's raylet is up and the GCS answers;
         # a driver that connects then fails to reach the cluster.
         wait_for(lambda: any("raylet" in argv and temp_dir in argv for _, argv in processes()) and _listening(port), 60,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,13 +23,16 @@ from tests.procs import wait_for
 from tests.ray_head import job_counters
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
+# The clusters' token, passed as KubeRay passes one: without it `ray start --head` in token mode needs a
+# ~/.ray/auth_token, which only an earlier local Ray leaves (a fresh machine has none).
+TOKEN = secrets.token_hex(32)
 
 
 def cluster_env(force_cpu: bool = False) -> dict[str, str]:
     """The head's (and so its nodes') environment, or with `force_cpu` a driver's that forwards
     NOVARCH_FORCE_DEVICE to the actors it starts."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "NOVARCH_FORCE_DEVICE")}
-    env["RAY_AUTH_MODE"] = "token"  # `ray start --head` has token auth on here
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)  # the head, its nodes and the drivers share it
     if force_cpu:
         env["NOVARCH_FORCE_DEVICE"] = "cpu"
     return env
