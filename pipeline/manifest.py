@@ -6,6 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
+from novarch_batch.pipeline.shards import Shard
 from novarch_batch.pipeline.spec import JobSpec, SpecError
 from novarch_batch.storage import Storage, StorageError, sha256_file
 from novarch_batch.workers import shard_format
@@ -38,7 +39,8 @@ def job_document(spec: JobSpec, created_at: str) -> dict:
     }
 
 
-# A finished job that has lost shards since: what brings them back (the same command, after this).
+# A finished job that has lost shards or images since: what brings them back (the same command, after
+# this: a resume samples again every shard whose Parquet file or image objects are gone).
 REPAIR_LOST_SHARDS = "delete _SUCCESS and re-run the same submit to sample them again, with identical bytes"
 DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
                SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
@@ -104,6 +106,37 @@ def shipped_model_named(sha256: str) -> str | None:
 def committed_shards(job: Storage) -> set[int]:
     """A shard exists once its Parquet file does (the commit is its last write)."""
     return {k for k in (shard_format.shard_index(key) for key in job.list("shards/")) if k is not None}
+
+
+def job_format(document: dict) -> str:
+    """A job's --format from its job.json; jobs begun before --format existed said `embed_images`."""
+    output = document.get("spec", {}).get("output", {})
+    return output.get("format") or ("parquet" if output.get("embed_images") else "files")
+
+
+def shards_missing_images(job: Storage, fmt: str, shards: list[Shard], threads: int = 16) -> dict[int, str]:
+    """Committed shards whose image objects (a PNG per image, or the shard's tar) are not all in storage,
+    each with the first one missing. One LIST per folder they live in (images/<shard>/, or webdataset/
+    for every tar), in parallel, and no GET; nothing to list for embedded images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from novarch_batch.workers.writers import WRITERS
+
+    stored = WRITERS[fmt].stored
+    by_folder: dict[str, list[Shard]] = {}
+    for s in shards:
+        first = stored(s.index, range(s.start, s.start + 1))  # a shard's objects share one folder
+        if first:
+            by_folder.setdefault(first[0].rsplit("/", 1)[0] + "/", []).append(s)
+
+    def missing_in(folder: str) -> dict[int, str]:
+        present = set(job.list(folder))
+        gone = {s.index: next((key for key in stored(s.index, range(s.start, s.stop)) if key not in present), None)
+                for s in by_folder[folder]}
+        return {k: key for k, key in gone.items() if key is not None}
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(sorted(item for missing in pool.map(missing_in, by_folder) for item in missing.items()))
 
 
 def shard_checksums(job: Storage, shards: list[int], threads: int = 16) -> dict[int, str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.manifest import REPAIR_LOST_SHARDS
 from novarch_batch.pipeline.shards import shard
 from novarch_batch.pipeline.reader import JobView
@@ -26,7 +27,7 @@ class StatusReport:
         if self.complete:
             state = "complete"
         elif self.finished:
-            state = f"damaged: it finished, but shards are gone since (`novarch-batch verify` lists them); {REPAIR_LOST_SHARDS}"
+            state = f"damaged: it finished, but shards or their images are gone since (`novarch-batch verify` lists them); {REPAIR_LOST_SHARDS}"
         else:
             state = "incomplete (running, or interrupted: re-run the same submit to resume)"
         pct = 100 * self.images_committed / self.images_planned
@@ -36,9 +37,12 @@ class StatusReport:
 
 def status(url: str) -> StatusReport:
     view = JobView.open(url)
-    committed = view.committed()
     size = int(view.job["shard_plan"]["shard_size"])
-    images = sum(shard(k, view.count, size).size for k in committed if k < view.num_shards)
+    committed = {k for k in view.committed() if k < view.num_shards}
+    # A shard whose images are gone (a PNG or its tar) is not whole: a resume samples it again.
+    lost = manifest.shards_missing_images(view.storage, manifest.job_format(view.job), [shard(k, view.count, size) for k in committed])
+    committed -= set(lost)
+    images = sum(shard(k, view.count, size).size for k in committed)
     finished = view.success() is not None
     complete = finished and set(range(view.num_shards)) <= committed
     return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete, finished)

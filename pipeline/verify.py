@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.reader import JobView
+from novarch_batch.pipeline.shards import shard
 from novarch_batch.storage import StorageError
 from novarch_batch.workers import shard_format
 
@@ -62,6 +64,10 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     for key, index in listed.items():
         if index is None or index >= view.num_shards:
             report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
+    size = int(view.job["shard_plan"]["shard_size"])
+    whole = [shard(k, view.count, size) for k in sorted(committed) if k < view.num_shards]
+    for k, key in manifest.shards_missing_images(view.storage, manifest.job_format(view.job), whole).items():
+        report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
     for k in sorted(committed):
         data = view.shard_bytes(k)  # one download: parsed and hashed

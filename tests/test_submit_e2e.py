@@ -123,6 +123,46 @@ def test_lost_shard_is_rewritten_with_identical_bytes(finished_job):
     assert shard_file.read_bytes() == original
 
 
+def test_a_lost_image_is_found_and_made_again_with_identical_bytes(finished_job):
+    """A PNG gone from a finished job: its Parquet rows still name it, yet status, a re-run and verify
+    (without --full) all see it from one listing; after the repair it is back, byte for byte."""
+    from novarch_batch.pipeline.status import status
+    from novarch_batch.pipeline.verify import verify
+
+    spec, _, job_dir = finished_job
+    png, index = job_dir / shard_format.image_key(2, 21), job_dir / shard_format.shard_key(2)
+    original_png, original_index = png.read_bytes(), index.read_bytes()
+    png.unlink()
+    damaged = status(str(job_dir))
+    assert damaged.finished and not damaged.complete and damaged.shards_committed == 2 and "damaged" in damaged.text()
+    with pytest.raises(driver.JobFailed, match=r"finished, but 1 shard\(s\) have lost images since "
+                                               r"\(first: images/00002/000000021.png\); delete _SUCCESS and re-run"):
+        driver.run(spec)
+    problems = verify(str(job_dir), sample=0).problems  # no image read: the listing alone finds it
+    assert problems == ["shards/part-00002.parquet: its images are not all in storage (first missing: images/00002/000000021.png)"]
+    (job_dir / "_SUCCESS").unlink()
+    report = driver.run(spec)
+    assert report.shards_sampled == 1 and report.shards_skipped == 2
+    assert png.read_bytes() == original_png and index.read_bytes() == original_index
+    assert verify(str(job_dir), full=True).ok
+
+
+def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
+    from novarch_batch.pipeline.status import status
+
+    spec = build_spec(count=6, out=str(tmp_path), steps=1, shard_size=3, batch_size=3, actors=1, format="webdataset")
+    driver.run(spec)
+    job_dir = tmp_path / spec.job_id
+    tar = job_dir / shard_format.tar_key(0)
+    original = tar.read_bytes()
+    tar.unlink()
+    (job_dir / "_SUCCESS").unlink()  # an unfinished job whose committed shard 0 lost its tar
+    assert status(str(job_dir)).shards_committed == 1
+    report = driver.run(spec)
+    assert report.shards_sampled == 1 and report.shards_skipped == 1
+    assert tar.read_bytes() == original
+
+
 def test_same_samples_across_batch_shard_and_worker_layout(finished_job, tmp_path):
     """Different batch size, shard size and worker count: each image within 1 level of 255."""
     spec, _, job_dir = finished_job

@@ -25,6 +25,11 @@ class ShardWriter(Protocol):
     def close(self) -> dict[str, list]:
         """Store what is pending; return {"image_key": [...], "image": [...]} in id order."""
 
+    @staticmethod
+    def stored(shard: int, ids: range) -> list[str]:
+        """The objects besides its Parquet file that a committed shard's rows point to (keys relative
+        to the job folder): what must still be there for the shard to be whole."""
+
 
 class FilesWriter:
     """--format files: one PNG object per image, uploaded by the calling thread (the upload pool)."""
@@ -42,6 +47,10 @@ class FilesWriter:
         ids = sorted(self.keys)
         return {"image_key": [self.keys[i] for i in ids], "image": [None] * len(ids)}
 
+    @staticmethod
+    def stored(shard: int, ids: range) -> list[str]:
+        return [shard_format.image_key(shard, i) for i in ids]
+
 
 class ParquetWriter:
     """--format parquet: the PNG bytes go into the shard's own Parquet rows (one object per shard),
@@ -58,6 +67,10 @@ class ParquetWriter:
         ids = sorted(self.images)
         return {"image_key": [shard_format.embedded_key(self.shard, i) for i in ids],
                 "image": [{"bytes": self.images[i], "path": shard_format.image_name(i)} for i in ids]}
+
+    @staticmethod
+    def stored(shard: int, ids: range) -> list[str]:
+        return []  # the images are in the shard's own rows
 
 
 class WebDatasetWriter:
@@ -83,6 +96,10 @@ class WebDatasetWriter:
         self.storage.put_bytes(shard_format.tar_key(self.shard), buf.getvalue())
         return {"image_key": [shard_format.member_key(self.shard, i) for i in ids], "image": [None] * len(ids)}
 
+    @staticmethod
+    def stored(shard: int, ids: range) -> list[str]:
+        return [shard_format.tar_key(shard)]
+
     def _add(self, tar: tarfile.TarFile, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
@@ -100,6 +117,10 @@ class NullWriter:
 
     def close(self) -> dict[str, list]:
         return {"image_key": [""] * len(self.ids), "image": [None] * len(self.ids)}
+
+    @staticmethod
+    def stored(shard: int, ids: range) -> list[str]:
+        return []
 
 
 # --format's choices (workers/spec.py OUTPUT_FORMATS) to writer classes; "null" is not a user choice.
