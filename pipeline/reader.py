@@ -28,6 +28,7 @@ class JobView:
     @classmethod
     def open(cls, url: str) -> "JobView":
         storage = open_storage(url)
+        storage.check_readable()  # a missing bucket is named as such, an unreachable endpoint fails in seconds
         job = manifest.read_json(storage, manifest.JOB_FILE)
         if job is None:
             raise StorageError(f"{url}: no job.json here; pass a job folder, i.e. <out>/<job_id>")

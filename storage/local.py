@@ -135,6 +135,9 @@ class LocalStorage:
     def child(self, prefix: str) -> "LocalStorage":
         return LocalStorage(self.root / prefix)
 
+    def check_readable(self) -> None:
+        """Nothing to check ahead for a folder: a missing one reads as empty."""
+
     def check_writable(self) -> None:
         """Refuse an --out we cannot create or write, without leaving anything behind."""
         probe = self.root

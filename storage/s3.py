@@ -327,6 +327,14 @@ class S3Storage:
             raise StorageError(f"{self._where(key)}: got {size} of {expected_size} bytes; the download was cut, retry")
         return digest.hexdigest()
 
+    def check_readable(self) -> None:
+        """Pre-flight for reading: one LIST with the pre-flight client, so a wrong or unreachable endpoint,
+        a missing bucket or refused keys fail in seconds, with the fix, and nothing is written."""
+        try:
+            self._preflight().list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "", MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc) from None
+
     def check_writable(self) -> None:
         """Pre-flight: write, list and delete a probe object, failing fast with the fix."""
         probe = self._key(f"{PROBE_PREFIX}{uuid.uuid4().hex}")

@@ -16,6 +16,7 @@ import pytest
 
 from novarch_batch.storage.s3 import S3Storage, mask_key, storage_options_for_polars
 from novarch_batch.pipeline.seaweed import EmbeddedS3, SeaweedError, find_weed, free_ports
+from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import StorageError, open_storage
 from tests.fixtures_s3 import isolate_aws_env
 from novarch_batch.workers.model_cache import WEIGHTS, ModelIntegrityError, fetch_model_folder
@@ -174,6 +175,17 @@ def test_unreachable_endpoint_fails_fast(s3_env, s3_server, monkeypatch):
     assert time.monotonic() - start < 15
     assert str(err.value) == f"s3://novarch/p: cannot reach endpoint {closed}; check AWS_ENDPOINT_URL or your network"
     assert_clean(str(err.value), s3_server)
+    # Reading a job (verify, status, evaluate, a resume's first look at job.json) goes through the same
+    # pre-flight: seconds, not the data path's ten attempts (25 s before).
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=rf"^s3://novarch/p/job: cannot reach endpoint {closed}; check AWS_ENDPOINT_URL"):
+        verify("s3://novarch/p/job")
+    assert time.monotonic() - start < 10
+
+
+def test_reading_a_job_in_a_missing_bucket_names_the_bucket(s3_env):
+    with pytest.raises(StorageError, match=r"^s3://no-such-bucket-here/job: bucket 'no-such-bucket-here' does not exist; create it"):
+        verify("s3://no-such-bucket-here/job")
 
 
 # -- downstream readers ----------------------------------------------------------------
