@@ -105,9 +105,11 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     with contextlib.ExitStack() as held:
         if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
             held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
+        # The actors are planned before the job's files: a cluster that cannot give them (no GPU to be
+        # had) refuses a new job before its folder exists, a resumed one before any write but its lease,
+        # and a job with nothing left to sample starts no Ray.
+        pool = _plan_pool(spec) if existing is None else None
         lease = held.enter_context(Lease(job, conditional=conditional))
-        # The actors are planned before job.json: a cluster that cannot give them (no GPU to be had)
-        # refuses the job before any job.json, and a job with nothing left to sample starts no Ray.
         committed = manifest.committed_shards(job)
         lost = _shards_missing_images(spec, job, sorted(k for k in committed if k < spec.num_shards))
         if lost:  # their rows name images that are gone: such a shard is not whole, so it is sampled again
@@ -116,7 +118,8 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: {next(iter(lost.values()))}): "
                           f"sampling them again, with identical bytes")
         pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
-        pool = _plan_pool(spec) if pending else None
+        if pending and pool is None:
+            pool = _plan_pool(spec)
         created_at = manifest.prepare_job(job, spec)
         return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
 
