@@ -9,6 +9,9 @@ import torch
 from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, JobSpec, SamplingConfig
 
 CALIBRATION_IMAGES = 16  # one small micro-batch: a few seconds on a laptop CPU, enough for a rate
+# A dry run does not compile (20-25 s per batch shape on a 2-core CPU, longer than the whole calibration).
+COMPILE_NOTE = ("; calibrated without --compile, which adds a compilation per actor and batch shape "
+                "(20-25 s each on a 2-core CPU) and then samples faster (1.1x on the CPU; BENCHMARKS.md)")
 
 
 def estimate(spec: JobSpec) -> dict:
@@ -47,7 +50,7 @@ def estimate(spec: JobSpec) -> dict:
         "network_evaluations_per_image": s.network_evaluations(),
         "calibrated_images_per_second": round(rate, 2),
         "estimated_minutes": round(spec.count / rate / 60, 1),
-        "note": "calibrated on this machine; a cluster's GPUs are faster (see BENCHMARKS.md)",
+        "note": "calibrated on this machine; a cluster's GPUs are faster (see BENCHMARKS.md)" + (COMPILE_NOTE if spec.run.compile else ""),
     }
 
 

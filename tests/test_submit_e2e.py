@@ -240,6 +240,14 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_compiled_jobs_dry_run_says_what_its_estimate_leaves_out(tmp_path):
+    from novarch_batch.pipeline.estimate import estimate
+
+    notes = {flag: estimate(build_spec(count=100, out=str(tmp_path), steps=1, compile=flag))["note"] for flag in (False, True)}
+    assert "--compile" not in notes[False]
+    assert "calibrated without --compile, which adds a compilation per actor and batch shape" in notes[True]
+
+
 def test_evaluate_and_preview_a_small_job(finished_job, tmp_path):
     from click.testing import CliRunner
 
