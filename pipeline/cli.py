@@ -244,9 +244,7 @@ def verify(job_url, full, as_json):
         for problem in report.problems:
             click.echo(f"  - {problem}")
         if not report.ok:
-            click.echo("  to repair: delete _SUCCESS (if there) and re-run the same submit: it samples again every shard whose "
-                       "Parquet file or images are gone, with identical bytes; a shard that is there but damaged (unreadable, "
-                       "another checksum or rows) needs its Parquet file (shards/part-NNNNN.parquet) deleted first")
+            click.echo(f"  to repair: {report.repair}")
     sys.exit(0 if report.ok else EXIT_RUNTIME)
 
 

@@ -16,7 +16,7 @@ import ray
 from novarch_batch.pipeline import cluster, manifest
 from novarch_batch.pipeline.lease import ExclusiveLease, JobBusy, Lease
 from novarch_batch.pipeline.metrics import JobMetrics
-from novarch_batch.pipeline.shards import Shard, missing_shards, shard as planned_shard
+from novarch_batch.pipeline.shards import Shard, missing_shards
 from novarch_batch.pipeline.progress import Progress
 from novarch_batch.pipeline.scheduler import IN_FLIGHT, JobFailed, ShardScheduler  # noqa: F401  (JobFailed is part of run()'s contract)
 from novarch_batch.pipeline.spec import retry_delay_s
@@ -95,7 +95,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             lost = _shards_missing_images(spec, job, range(spec.num_shards))
             if lost:
                 raise JobFailed(f"{job_url}: the job finished, but {len(lost)} shard(s) have lost images since (first: "
-                                f"{next(iter(lost.values()))}); {manifest.REPAIR_LOST_SHARDS}")
+                                f"{next(iter(lost.values()))}); {manifest.repair_by_hand(existing) or manifest.REPAIR_LOST_SHARDS}")
             return JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards,
                              complete=True, already_complete=True, seconds=round(time.perf_counter() - started, 3))
     root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
@@ -111,15 +111,19 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         pool = _plan_pool(spec) if existing is None else None
         lease = held.enter_context(Lease(job, conditional=conditional))
         committed = manifest.committed_shards(job)
+        # A committed shard whose images are gone is not whole: its Parquet file (the commit) goes, and
+        # the shard is sampled again with identical bytes.
         lost = _shards_missing_images(spec, job, sorted(k for k in committed if k < spec.num_shards))
-        if lost:  # their rows name images that are gone: such a shard is not whole, so it is sampled again
+        pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
+        if pending and pool is None:
+            pool = _plan_pool(spec)
+        if lost:
+            if lease.lost:  # another driver owns the job now: its commits are not ours to delete
+                raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
             for k in lost:
                 job.delete(shard_format.shard_key(k))
             progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: {next(iter(lost.values()))}): "
                           f"sampling them again, with identical bytes")
-        pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
-        if pending and pool is None:
-            pool = _plan_pool(spec)
         created_at = manifest.prepare_job(job, spec)
         return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
 
@@ -132,7 +136,7 @@ def release() -> None:
 
 
 def _shards_missing_images(spec: JobSpec, job, indices) -> dict[int, str]:
-    return manifest.shards_missing_images(job, spec.output.format, [planned_shard(k, spec.count, spec.output.shard_size) for k in indices])
+    return manifest.shards_missing_images(job, spec.output.format, spec.count, spec.output.shard_size, indices)
 
 
 def _plan_pool(spec: JobSpec) -> tuple[bool, cluster.ActorResources]:

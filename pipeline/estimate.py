@@ -9,9 +9,9 @@ import torch
 from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, JobSpec, SamplingConfig
 
 CALIBRATION_IMAGES = 16  # one small micro-batch: a few seconds on a laptop CPU, enough for a rate
-# A dry run does not compile (20-25 s per batch shape on a 2-core CPU, longer than the whole calibration).
+# A dry run does not compile: a compilation takes longer than the whole calibration (BENCHMARKS.md, `--compile` on the CPU).
 COMPILE_NOTE = ("; calibrated without --compile, which adds a compilation per actor and batch shape "
-                "(20-25 s each on a 2-core CPU) and then samples faster (1.1x on the CPU; BENCHMARKS.md)")
+                "(about 20 s on a 2-core CPU, 2 s from inductor's on-disk cache) and then samples faster (1.1x on the CPU; BENCHMARKS.md)")
 
 
 def estimate(spec: JobSpec) -> dict:

@@ -6,7 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from novarch_batch.pipeline.shards import Shard
+from novarch_batch.pipeline.shards import Shard, shard
 from novarch_batch.pipeline.spec import JobSpec, SpecError
 from novarch_batch.storage import Storage, StorageError, sha256_file
 from novarch_batch.workers import shard_format
@@ -42,6 +42,17 @@ def job_document(spec: JobSpec, created_at: str) -> dict:
 # A finished job that has lost shards or images since: what brings them back (the same command, after
 # this: a resume samples again every shard whose Parquet file or image objects are gone).
 REPAIR_LOST_SHARDS = "delete _SUCCESS and re-run the same submit to sample them again, with identical bytes"
+
+
+def repair_by_hand(document: dict) -> str | None:
+    """The repair of a damaged job begun with an older Parquet schema, or None for this one's. Such a job
+    resumes only with the novarch-batch that began it, which does not look for lost images (nor for
+    damaged shards): their commits must go by hand."""
+    version = str(document.get("schema_version", "1"))
+    if version == shard_format.SCHEMA_VERSION:
+        return None
+    return (f"delete _SUCCESS and the Parquet file (shards/part-NNNNN.parquet) of each damaged shard (`novarch-batch verify` "
+            f"lists them), then re-run the same submit with the novarch-batch that began the job (Parquet schema {version})")
 DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
                SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
 
@@ -114,18 +125,20 @@ def job_format(document: dict) -> str:
     return output.get("format") or ("parquet" if output.get("embed_images") else "files")
 
 
-def shards_missing_images(job: Storage, fmt: str, shards: list[Shard], threads: int = 16) -> dict[int, str]:
-    """Committed shards whose image objects (a PNG per image, or the shard's tar) are not all in storage,
-    each with the first one missing. One LIST per folder they live in (images/<shard>/, or webdataset/
-    for every tar), in parallel, and no GET; nothing to list for embedded images."""
+def shards_missing_images(job: Storage, fmt: str, count: int, shard_size: int, indices) -> dict[int, str]:
+    """Committed shards (of `indices`) whose image objects (a PNG per image, or the shard's tar) are not
+    all in storage, each with the first one missing. One LIST per folder they live in (images/<shard>/
+    each, or webdataset/ for every tar), 16 at a time, and no GET: about count / shard_size requests for
+    --format files, one per 1,000 tars for webdataset, none for embedded images."""
     from concurrent.futures import ThreadPoolExecutor
 
     from novarch_batch.workers.writers import WRITERS
 
     stored = WRITERS[fmt].stored
     by_folder: dict[str, list[Shard]] = {}
-    for s in shards:
-        first = stored(s.index, range(s.start, s.start + 1))  # a shard's objects share one folder
+    for k in indices:
+        s = shard(k, count, shard_size)
+        first = stored(s.index, range(s.start, s.start + 1))  # a shard's objects lie in one folder (ShardWriter.stored)
         if first:
             by_folder.setdefault(first[0].rsplit("/", 1)[0] + "/", []).append(s)
 
@@ -135,7 +148,7 @@ def shards_missing_images(job: Storage, fmt: str, shards: list[Shard], threads: 
                 for s in by_folder[folder]}
         return {k: key for k, key in gone.items() if key is not None}
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=16) as pool:
         return dict(sorted(item for missing in pool.map(missing_in, by_folder) for item in missing.items()))
 
 

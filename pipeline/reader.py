@@ -45,8 +45,16 @@ class JobView:
     def success(self) -> dict | None:
         return manifest.read_json(self.storage, manifest.SUCCESS_FILE)
 
+    @property
+    def shard_size(self) -> int:
+        return int(self.job["shard_plan"]["shard_size"])
+
     def committed(self) -> set[int]:
         return manifest.committed_shards(self.storage)
+
+    def shards_missing_images(self, indices) -> dict[int, str]:
+        """Of these committed shards, those whose images (PNGs or tar) are not all in storage: {shard: first missing}."""
+        return manifest.shards_missing_images(self.storage, manifest.job_format(self.job), self.count, self.shard_size, indices)
 
     def shard_bytes(self, shard: int) -> bytes:
         return self.storage.get_bytes(shard_format.shard_key(shard))

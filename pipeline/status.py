@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.manifest import REPAIR_LOST_SHARDS
 from novarch_batch.pipeline.shards import shard
 from novarch_batch.pipeline.reader import JobView
@@ -13,12 +12,13 @@ from novarch_batch.pipeline.reader import JobView
 class StatusReport:
     url: str
     job_id: str
-    shards_committed: int
+    shards_committed: int  # their Parquet files are there
     shards_planned: int
-    images_committed: int
+    images_committed: int  # in committed shards whose images are all there
     images_planned: int
     complete: bool
     finished: bool  # _SUCCESS was written: a finished job missing shards was damaged since
+    shards_missing_images: int = 0  # committed, but a PNG or the tar is gone: a resume samples them again
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,18 +31,19 @@ class StatusReport:
         else:
             state = "incomplete (running, or interrupted: re-run the same submit to resume)"
         pct = 100 * self.images_committed / self.images_planned
-        return (f"{self.job_id}: {state}\n  shards {self.shards_committed}/{self.shards_planned}, "
+        lost = f" ({self.shards_missing_images} of them missing images)" if self.shards_missing_images else ""
+        return (f"{self.job_id}: {state}\n  shards {self.shards_committed}/{self.shards_planned}{lost}, "
                 f"images {self.images_committed}/{self.images_planned} ({pct:.1f}%)\n  at {self.url}")
 
 
 def status(url: str) -> StatusReport:
     view = JobView.open(url)
-    size = int(view.job["shard_plan"]["shard_size"])
     committed = {k for k in view.committed() if k < view.num_shards}
     # A shard whose images are gone (a PNG or its tar) is not whole: a resume samples it again.
-    lost = manifest.shards_missing_images(view.storage, manifest.job_format(view.job), [shard(k, view.count, size) for k in committed])
-    committed -= set(lost)
-    images = sum(shard(k, view.count, size).size for k in committed)
+    lost = view.shards_missing_images(sorted(committed))
+    whole = committed - set(lost)
+    images = sum(shard(k, view.count, view.shard_size).size for k in whole)
     finished = view.success() is not None
-    complete = finished and set(range(view.num_shards)) <= committed
-    return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete, finished)
+    complete = finished and set(range(view.num_shards)) <= whole
+    return StatusReport(view.url, view.job["job_id"], len(committed), view.num_shards, images, view.count, complete, finished,
+                        shards_missing_images=len(lost))

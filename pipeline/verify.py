@@ -12,11 +12,13 @@ import pyarrow as pa
 
 from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.reader import JobView
-from novarch_batch.pipeline.shards import shard
 from novarch_batch.storage import StorageError
 from novarch_batch.workers import shard_format
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
+REPAIR = ("delete _SUCCESS (if there) and re-run the same submit: it samples again every shard whose Parquet file or "
+          "images are gone, with identical bytes; a shard that is there but damaged (unreadable, another checksum or rows) "
+          "needs its Parquet file (shards/part-NNNNN.parquet) deleted first")
 
 
 @dataclass
@@ -29,6 +31,7 @@ class VerifyReport:
     expected_shards: int = 0
     images_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    repair: str = ""  # what brings a damaged job back, when there are problems
 
     def problem(self, text: str) -> None:
         self.ok = False
@@ -64,9 +67,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     for key, index in listed.items():
         if index is None or index >= view.num_shards:
             report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
-    size = int(view.job["shard_plan"]["shard_size"])
-    whole = [shard(k, view.count, size) for k in sorted(committed) if k < view.num_shards]
-    for k, key in manifest.shards_missing_images(view.storage, manifest.job_format(view.job), whole).items():
+    for k, key in view.shards_missing_images(sorted(k for k in committed if k < view.num_shards)).items():
         report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
     for k in sorted(committed):
@@ -119,6 +120,8 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
             continue
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
             report.problem(f"{row['image_key']}: sha256 does not match its Parquet row")
+    if not report.ok:
+        report.repair = manifest.repair_by_hand(view.job) or REPAIR
     return report
 
 

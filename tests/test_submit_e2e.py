@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -134,12 +135,24 @@ def test_a_lost_image_is_found_and_made_again_with_identical_bytes(finished_job)
     original_png, original_index = png.read_bytes(), index.read_bytes()
     png.unlink()
     damaged = status(str(job_dir))
-    assert damaged.finished and not damaged.complete and damaged.shards_committed == 2 and "damaged" in damaged.text()
+    assert damaged.finished and not damaged.complete and damaged.shards_committed == 3 and damaged.shards_missing_images == 1
+    assert damaged.images_committed == COUNT - 4 and "damaged" in damaged.text() and "(1 of them missing images)" in damaged.text()
     with pytest.raises(driver.JobFailed, match=r"finished, but 1 shard\(s\) have lost images since "
                                                r"\(first: images/00002/000000021.png\); delete _SUCCESS and re-run"):
         driver.run(spec)
-    problems = verify(str(job_dir), sample=0).problems  # no image read: the listing alone finds it
-    assert problems == ["shards/part-00002.parquet: its images are not all in storage (first missing: images/00002/000000021.png)"]
+    checked = verify(str(job_dir), sample=0)  # no image read: the listing alone finds it
+    assert checked.problems == ["shards/part-00002.parquet: its images are not all in storage (first missing: images/00002/000000021.png)"]
+    assert checked.repair.startswith("delete _SUCCESS (if there) and re-run the same submit")
+    # Had an older novarch-batch begun the job (it resumes only with that one, which does not look for
+    # lost images), deleting _SUCCESS would not bring the image back: the shard's commit goes by hand.
+    job_json = job_dir / "job.json"
+    current = job_json.read_text()
+    job_json.write_text(json.dumps({**json.loads(current), "schema_version": "4"}))
+    by_hand = "delete _SUCCESS and the Parquet file (shards/part-NNNNN.parquet) of each damaged shard"
+    with pytest.raises(driver.JobFailed, match=rf"lost images since .*; {re.escape(by_hand)} .* began the job \(Parquet schema 4\)"):
+        driver.run(spec)
+    assert verify(str(job_dir), sample=0).repair.startswith(by_hand)
+    job_json.write_text(current)
     (job_dir / "_SUCCESS").unlink()
     report = driver.run(spec)
     assert report.shards_sampled == 1 and report.shards_skipped == 2
@@ -157,7 +170,7 @@ def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
     original = tar.read_bytes()
     tar.unlink()
     (job_dir / "_SUCCESS").unlink()  # an unfinished job whose committed shard 0 lost its tar
-    assert status(str(job_dir)).shards_committed == 1
+    assert status(str(job_dir)).images_committed == 3 and status(str(job_dir)).shards_missing_images == 1
     report = driver.run(spec)
     assert report.shards_sampled == 1 and report.shards_skipped == 1
     assert tar.read_bytes() == original

@@ -28,7 +28,8 @@ class ShardWriter(Protocol):
     @staticmethod
     def stored(shard: int, ids: range) -> list[str]:
         """The objects besides its Parquet file that a committed shard's rows point to (keys relative
-        to the job folder): what must still be there for the shard to be whole."""
+        to the job folder, all in one folder, so that one listing finds them): what must still be
+        there for the shard to be whole."""
 
 
 class FilesWriter:
