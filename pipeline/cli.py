@@ -278,7 +278,7 @@ def train(ctx):
     """Train NovArch-tiny, from scratch or on from a model folder (`--init-from`); `novarch-batch train --help` has its flags, MODEL.md the shipped runs."""
     from novarch_batch.training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
 
-    train_main.main(args=ctx.args, prog_name="novarch-batch train")
+    train_main.main(args=ctx.args, prog_name="novarch-batch train", standalone_mode=False)  # its errors and Ctrl-C reach main(): one line
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
@@ -287,7 +287,7 @@ def distill(ctx):
     """Distil NovArch v2 into the few-step student that --sampler distilled samples (`novarch-batch distill --help`; MODEL.md)."""
     from novarch_batch.training.distill import main as distill_main  # imported here, as train: diffusers costs ~2 s
 
-    distill_main.main(args=ctx.args, prog_name="novarch-batch distill")
+    distill_main.main(args=ctx.args, prog_name="novarch-batch distill", standalone_mode=False)  # its errors and Ctrl-C reach main(): one line
 
 
 def main() -> None:

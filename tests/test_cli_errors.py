@@ -44,9 +44,9 @@ def test_only_scheme_slash_slash_makes_a_url(tmp_path):
     assert local_path("s3://bucket/prefix") is None
 
 
-def run_cli(args: list[str], monkeypatch, cwd: Path):
+def run_cli(args: list[str], monkeypatch, cwd: Path, command: str = "submit"):
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["novarch-batch", "submit", *args])
+    monkeypatch.setattr(sys, "argv", ["novarch-batch", command, *args])
     with pytest.raises(SystemExit) as exit_info:
         main()
     return exit_info.value.code
@@ -61,6 +61,29 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path, monkeypatch, c
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("novarch-batch: error: ")
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the --out folder
+
+
+TRAINING_CASES = [
+    (["train", "--seed", "-1"], "Invalid value for '--seed': -1 is not in the range x>=0."),
+    (["train", "--batch-size", "100000000"], "Invalid value for '--batch-size': 100000000 is not in the range 1<=x<=16384."),
+    (["train", "--lr", "-1"], "Invalid value for '--lr': -1.0 is not in the range x>0."),
+    (["train", "--device", "foo"], "Invalid value for '--device': 'foo': use cpu or cuda (cuda:N for another GPU)"),
+    (["train", "--prediction-type", "epsilon"], "--zero-terminal-snr needs --prediction-type v_prediction, or pass --no-zero-terminal-snr"),
+    (["train", "--ckpt-dir", "a-file/ckpt"], "Invalid value for '--ckpt-dir': cannot create a-file/ckpt:"),
+    (["train", "--out", "a-file"], "Invalid value for '--out': a-file is a file; name a folder"),
+    (["distill", "--teacher", "nosuch"], "Invalid value for '--teacher': nosuch is not a folder; pass a model folder or a shipped name"),
+    (["distill", "--teacher", "novarch-tiny-v1"], "predicts epsilon; progressive distillation needs a v-prediction teacher"),
+    (["distill", "--teacher", "novarch-tiny", "--start-steps", "12"], "--start-steps must be --final-steps times a power of two"),
+]
+
+
+@pytest.mark.parametrize("args,message", TRAINING_CASES, ids=[" ".join(a) for a, _ in TRAINING_CASES])
+def test_train_and_distill_refuse_bad_input_in_one_line_before_writing(args, message, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("x")
+    code = run_cli([*args[1:], *([] if "--out" in args else ["--out", "model"])], monkeypatch, tmp_path, command=args[0])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no model folder, no log
 
 
 @pytest.mark.parametrize("value,where", [("soon", "local"), ("-1", "local"), ("nan", "local"), ("soon", "cluster")])

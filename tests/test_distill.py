@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from novarch_batch.pipeline.spec import build_spec
 from novarch_batch.training.distill import DistillConfig, distill, ddim_step, two_step_target
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model import default_model_dir
@@ -45,7 +46,7 @@ def test_trailing_grids_are_nested():
 
 
 def test_bad_round_plan_names_the_fix():
-    with pytest.raises(ValueError, match="final_steps times a power of two"):
+    with pytest.raises(ValueError, match="--start-steps must be --final-steps times a power of two"):
         DistillConfig(teacher="t", out="o", start_steps=12, final_steps=4)
     assert DistillConfig(teacher="t", out="o").rounds == [32, 16, 8, 4]
 
@@ -62,7 +63,11 @@ def test_smoke_distillation_gives_a_student_sampled_in_its_steps(tmp_path):
                         steps_per_round=2, batch_size=3, threads=1, log_every=1)
     folder = distill(cfg)
     meta = json.loads((folder / "novarch.json").read_text())
-    assert meta["distilled"]["steps"] == 2 and meta["distilled"]["sample_with"] == "--sampler ddim --steps 2 --guidance 1"
+    assert meta["distilled"]["steps"] == 2
+    # The command novarch.json gives samples the student at the grid and guidance it was distilled for.
+    assert meta["distilled"]["sample_with"] == f"novarch-batch submit --sampler distilled --model {folder}"
+    sampling = build_spec(count=2, out=str(tmp_path / "jobs"), sampler="distilled", model=str(folder)).sampling
+    assert (sampling.steps, sampling.timesteps(), sampling.guidance) == (2, [999, 499], meta["distilled"]["guidance"])
     log = [json.loads(line) for line in (folder / "distill_log.jsonl").read_text().splitlines()]
     assert [row["student_steps"] for row in log] == [2, 2] and all(np.isfinite(row["loss"]) for row in log)
     images = ImageGenerator(folder, "cpu").images([1, 2], SamplingConfig(class_name="house", sampler="ddim", steps=2, guidance=1.0))

@@ -73,7 +73,7 @@ def test_a_run_goes_on_from_init_from_weights(smoke_folder, tmp_path):
 def test_bad_config_names_the_fix():
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         TrainConfig(out="x", steps=0)
-    with pytest.raises(ValueError, match="needs prediction_type v_prediction"):
+    with pytest.raises(ValueError, match="--zero-terminal-snr needs --prediction-type v_prediction"):
         TrainConfig(out="x", prediction_type="epsilon")  # zero terminal SNR is the default
 
 

@@ -12,8 +12,8 @@ CIFAR-10), and its student is an ordinary model folder sampled by the project's 
 Guidance is folded in the first round (as the second stage of Meng et al. 2023, with one fixed
 guidance): for a class label the teacher's target is the guided output eps_null + g (eps_c - eps_null);
 for the null label it is the unguided one. So the student needs one network evaluation per step,
-for conditional and unconditional (`--class any`) samples alike, and is sampled with
-`--sampler ddim --guidance 1 --steps <its steps>` on its own folder.
+for conditional and unconditional (`--class any`) samples alike. `submit --sampler distilled --model
+<its folder>` samples it as it was distilled: DDIM at guidance 1 on the trailing grid from t = 999.
 """
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
-from novarch_batch.training.train import TRAIN_DATA_SEED, optimizer_step, seeded_generator, to_model_range
-from novarch_batch.workers.model import ModelInfo, load_unet
+from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, device_option, model_folder_option, optimizer_step,
+                                          seeded_generator, to_model_range)
+from novarch_batch.workers.model import ModelInfo, default_model_dir, load_unet
 from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for
-from novarch_batch.workers.spec import trailing_timesteps
+from novarch_batch.workers.spec import SHIPPED_MODELS, trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
 ROUND_STRIDE = 10**8  # image indices per round
@@ -68,10 +69,10 @@ class DistillConfig:
     def __post_init__(self):
         for name in ("start_steps", "final_steps", "steps_per_round", "batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         ratio = self.start_steps / self.final_steps
         if ratio < 2 or ratio != 2 ** round(math.log2(ratio)):
-            raise ValueError(f"start_steps must be final_steps times a power of two (at least 2), "
+            raise ValueError(f"--start-steps must be --final-steps times a power of two (at least 2), "
                              f"got {self.start_steps} and {self.final_steps}")
 
     @property
@@ -205,7 +206,7 @@ def distill(cfg: DistillConfig) -> Path:
     meta = {"name": f"{info.name}-distilled", "distilled": {
         "method": "progressive distillation (Salimans & Ho 2022), guidance folded in the first round",
         "teacher": info.name, "teacher_sha256": info.sha256, "steps": cfg.final_steps, "guidance": cfg.guidance,
-        "sample_with": f"--sampler ddim --steps {cfg.final_steps} --guidance 1"},
+        "sample_with": f"novarch-batch submit --sampler distilled --model {cfg.out}"},
         "training_seconds": round(time.perf_counter() - start, 1), "distill_config": asdict(cfg),
         "steps_per_round_done": steps_per_round,  # with --max-seconds: pass it as --steps-per-round to repeat the run
         "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}
@@ -214,30 +215,47 @@ def distill(cfg: DistillConfig) -> Path:
     return save_model_folder(teacher, DDPMScheduler.from_config(config), out, meta)
 
 
+def teacher_folder(ctx, param, value: str) -> str:
+    """A model folder, or a shipped model's name (novarch-tiny: v2)."""
+    if value in SHIPPED_MODELS:
+        return str(default_model_dir(value))
+    if not Path(value).is_dir():
+        raise click.BadParameter(f"{value} is not a folder; pass a model folder or a shipped name ({', '.join(SHIPPED_MODELS)})", param=param)
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False), help="The v-prediction model folder to distil.")
-@click.option("--out", required=True, help="Folder for the student (diffusers format + novarch.json).")
-@click.option("--start-steps", default=DistillConfig.start_steps, show_default=True, type=int)
-@click.option("--final-steps", default=DistillConfig.final_steps, show_default=True, type=int)
-@click.option("--steps-per-round", default=DistillConfig.steps_per_round, show_default=True, type=int)
-@click.option("--batch-size", default=DistillConfig.batch_size, show_default=True, type=int)
-@click.option("--lr", default=DistillConfig.lr, show_default=True, type=float)
-@click.option("--guidance", default=DistillConfig.guidance, show_default=True, type=float, help="Folded into the student.")
-@click.option("--threads", default=DistillConfig.threads, show_default=True, type=int)
-@click.option("--device", default=DistillConfig.device, show_default=True, help="cpu or cuda.")
-@click.option("--data-workers", default=DistillConfig.data_workers, show_default=True, type=int)
-@click.option("--max-seconds", default=None, type=float,
-              help="Fit every round into this many seconds: steps per round come from round 1's pace and are recorded.")
+@click.option("--teacher", required=True, callback=teacher_folder, metavar="NAME|FOLDER",
+              help="The v-prediction model to distil: a folder, or a shipped name (novarch-tiny: v2).")
+@click.option("--out", required=True, callback=model_folder_option, help="Folder for the student (diffusers format + novarch.json).")
+@click.option("--start-steps", default=DistillConfig.start_steps, show_default=True, type=POSITIVE,
+              help="The first teacher's DDIM steps; each round halves them.")
+@click.option("--final-steps", default=DistillConfig.final_steps, show_default=True, type=POSITIVE,
+              help="The student's steps (--start-steps divided by a power of two).")
+@click.option("--steps-per-round", default=DistillConfig.steps_per_round, show_default=True, type=POSITIVE,
+              help="Optimizer steps in each round (the most, with --max-seconds).")
+@click.option("--batch-size", default=DistillConfig.batch_size, show_default=True, type=click.IntRange(1, MAX_BATCH),
+              help="Images per optimizer step, painted fresh each step.")
+@click.option("--lr", default=DistillConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="AdamW's learning rate in each round, after a linear warmup.")
+@click.option("--guidance", default=DistillConfig.guidance, show_default=True, type=click.FloatRange(min=0),
+              help="Classifier-free guidance folded into the student for class labels.")
+@click.option("--threads", default=DistillConfig.threads, show_default=True, type=POSITIVE, help="Torch CPU threads.")
+@click.option("--device", default=DistillConfig.device, show_default=True, callback=device_option, help="cpu, cuda or cuda:N.")
+@click.option("--data-workers", default=DistillConfig.data_workers, show_default=True, type=click.IntRange(min=0),
+              help="Processes painting batches ahead (a GPU needs several; 0: the trainer paints them).")
+@click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Fit all rounds together into this many seconds: steps per round come from round 1's pace and are recorded.")
 def main(**kwargs) -> None:
     """Distil a NovArch v2 model into a few-step student with guidance folded in."""
     try:
         cfg = DistillConfig(**kwargs)
     except ValueError as err:
-        raise click.BadParameter(str(err)) from err
+        raise click.UsageError(str(err)) from err
     try:
         folder = distill(cfg)
     except ValueError as err:  # a teacher that cannot be distilled: refused before anything is written
-        raise click.BadParameter(str(err)) from err
+        raise click.UsageError(str(err).replace("--model", "--teacher", 1)) from err
     click.echo(f"saved {folder}")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -62,18 +64,18 @@ class TrainConfig:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         for name in ("steps", "batch_size", "threads", "ckpt_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+            raise ValueError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+            raise ValueError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
         if self.zero_terminal_snr and self.prediction_type == "epsilon":
-            raise ValueError("a zero-terminal-SNR schedule needs prediction_type v_prediction "
+            raise ValueError("--zero-terminal-snr needs --prediction-type v_prediction, or pass --no-zero-terminal-snr "
                              "(epsilon at pure noise says nothing about the image)")
         if self.max_seconds is not None and self.warmup <= PROBE_FROM:
-            raise ValueError(f"max_seconds times the warmup steps: warmup must exceed {PROBE_FROM}, got {self.warmup}")
+            raise ValueError(f"--max-seconds times the warmup steps: --warmup must exceed {PROBE_FROM}, got {self.warmup}")
         if len(self.channels) != 3 or any(c < 8 or c % 8 for c in self.channels):
-            raise ValueError(f"channels must be three multiples of 8 (one per resolution), got {self.channels}")
+            raise ValueError(f"--channels must be three multiples of 8 (one per resolution), got {self.channels}")
 
 
 def to_model_range(images_uint8: np.ndarray) -> torch.Tensor:
@@ -278,35 +280,72 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
     return "novarch-batch train --out OUT " + " ".join(flags) + f" --device {cfg.device}"
 
 
+MAX_BATCH = 16384  # images painted per step: far above what a GPU run uses (512), and it fits in memory
+POSITIVE = click.IntRange(min=1)
+SEED = click.IntRange(min=0)  # numpy's generators take no negative seed
+
+
+def model_folder_option(ctx, param, value: str | None) -> str | None:
+    """A folder to write: not an existing file, and creatable, checked before any work (nothing is written)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{value} is a file; name a folder", param=param)
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot create {value}: {probe} is not a folder this user can write; choose another", param=param)
+    return value
+
+
+def device_option(ctx, param, value: str) -> str:
+    """cpu, cuda or cuda:N, and a CUDA device only where torch has one."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise click.BadParameter(f"{value!r}: use cpu or cuda (cuda:N for another GPU)", param=param)
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu", param=param)
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", required=True, help="Model folder to write (diffusers format + novarch.json).")
-@click.option("--steps", default=TrainConfig.steps, show_default=True, type=int,
+@click.option("--out", required=True, callback=model_folder_option, help="Model folder to write (diffusers format + novarch.json).")
+@click.option("--steps", default=TrainConfig.steps, show_default=True, type=POSITIVE,
               help="Optimizer steps (the most, with --max-seconds).")
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=int)
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=float)
-@click.option("--warmup", default=TrainConfig.warmup, show_default=True, type=int)
-@click.option("--ema-decay", default=TrainConfig.ema_decay, show_default=True, type=float)
-@click.option("--label-dropout", default=TrainConfig.label_dropout, show_default=True, type=float)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1, MAX_BATCH),
+              help="Images per optimizer step, painted fresh each step (never repeated).")
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="AdamW's peak learning rate, after a linear warmup, then cosine decay to zero.")
+@click.option("--warmup", default=TrainConfig.warmup, show_default=True, type=click.IntRange(min=0),
+              help="Steps of linear learning-rate warmup (more than 20 with --max-seconds, which times them).")
+@click.option("--ema-decay", default=TrainConfig.ema_decay, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Decay of the weights' moving average, which is what is saved.")
+@click.option("--label-dropout", default=TrainConfig.label_dropout, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of labels replaced by the null label, so one network also samples unconditionally (guidance, --class any).")
 @click.option("--prediction-type", default=TrainConfig.prediction_type, show_default=True,
               type=click.Choice(["v_prediction", "epsilon"]), help="What the network predicts.")
 @click.option("--zero-terminal-snr/--no-zero-terminal-snr", default=TrainConfig.zero_terminal_snr, show_default=True,
               help="Rescale the noise schedule so its last step is pure noise (needs v_prediction).")
 @click.option("--channels", default=",".join(map(str, DEFAULT_CHANNELS)), show_default=True,
               help="UNet widths at 32, 16 and 8 pixels, comma-separated.")
-@click.option("--data-seed", default=TrainConfig.data_seed, show_default=True, type=int)
-@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
-@click.option("--threads", default=TrainConfig.threads, show_default=True, type=int)
-@click.option("--device", default=TrainConfig.device, show_default=True, help="cpu or cuda.")
-@click.option("--data-workers", default=TrainConfig.data_workers, show_default=True, type=int,
-              help="Processes painting training batches ahead (a GPU needs several).")
-@click.option("--max-seconds", default=None, type=float,
+@click.option("--data-seed", default=TrainConfig.data_seed, show_default=True, type=SEED,
+              help="Seed of the painted training images (the judge and the evaluation sets use others).")
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=SEED,
+              help="Seed of the initial weights, the noise and the timesteps.")
+@click.option("--threads", default=TrainConfig.threads, show_default=True, type=POSITIVE, help="Torch CPU threads.")
+@click.option("--device", default=TrainConfig.device, show_default=True, callback=device_option, help="cpu, cuda or cuda:N.")
+@click.option("--data-workers", default=TrainConfig.data_workers, show_default=True, type=click.IntRange(min=0),
+              help="Processes painting training batches ahead (a GPU needs several; 0: the trainer paints them).")
+@click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Fit the run into this many seconds: the step count comes from the warmup's pace and is recorded.")
 @click.option("--init-from", default=None,
               help="Model folder to go on training from (same --channels, --prediction-type and schedule); "
                    "novarch.json records it.")
-@click.option("--ckpt-dir", default=None, help="Folder for periodic EMA checkpoints.")
-@click.option("--ckpt-every", default=TrainConfig.ckpt_every, show_default=True, type=int)
-@click.option("--log-every", default=TrainConfig.log_every, show_default=True, type=int,
+@click.option("--ckpt-dir", default=None, callback=model_folder_option, help="Folder for periodic EMA checkpoints.")
+@click.option("--ckpt-every", default=TrainConfig.ckpt_every, show_default=True, type=POSITIVE,
+              help="Steps between checkpoints in --ckpt-dir.")
+@click.option("--log-every", default=TrainConfig.log_every, show_default=True, type=POSITIVE,
               help="Steps per line of train_log.jsonl (the mean loss over them).")
 def main(**kwargs) -> None:
     """Train NovArch-tiny and save its EMA weights."""
@@ -314,7 +353,7 @@ def main(**kwargs) -> None:
         kwargs["channels"] = tuple(int(c) for c in kwargs["channels"].split(","))
         cfg = TrainConfig(**kwargs)
     except ValueError as err:
-        raise click.BadParameter(str(err)) from err
+        raise click.UsageError(str(err)) from err
     try:
         folder = train(cfg)
     except StartWeightsError as err:  # raised before anything is written
