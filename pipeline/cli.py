@@ -123,12 +123,17 @@ def next_steps(job_url: str) -> list[tuple[str, str]]:
 def run_spec(spec_json):
     """Run the JobSpec given as JSON: what `submit --cluster` starts on the cluster's head, so
     the job there is the very spec validated on the laptop (never flags parsed twice)."""
+    from novarch_batch.pipeline.spec import SpecError, check_spec
     from novarch_batch.workers.spec import JobSpec
 
     try:
         spec = JobSpec.from_dict(json.loads(spec_json))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:  # AttributeError: JSON that is no object ([], null, "x")
         fail(f"run-spec: not a JobSpec ({e}); submit jobs with `novarch-batch submit --cluster URL`", EXIT_USAGE)
+    try:
+        check_spec(spec)
+    except SpecError as e:
+        fail(f"run-spec: {e}; submit jobs with `novarch-batch submit --cluster URL`", EXIT_USAGE)
     run_job(spec, as_json=True)
 
 

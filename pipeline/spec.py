@@ -172,3 +172,24 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
     sampling.validate(info.classes)
     spec = JobSpec(count=count, model=model_ref, model_sha256=info.sha256, sampling=sampling, output=out_config, run=run)
     return replace(spec, job_id=job_id or f"novarch-{spec.spec_hash()[:12]}")
+
+
+def check_spec(spec: JobSpec) -> None:
+    """build_spec's checks, for a spec that arrives whole (`run-spec`, what a cluster's head runs): raises
+    SpecError naming what is wrong, so that no job id leaves --out and no count, class or step count that
+    `submit` refuses runs anyway."""
+    from novarch_batch.workers.model import ModelError, ModelInfo
+
+    if not isinstance(spec.job_id, str) or not JOB_ID_PATTERN.match(spec.job_id):
+        raise SpecError(f"job_id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {spec.job_id!r}")
+    if parse_count(spec.count) != spec.count:
+        raise SpecError(f"count must be an integer, got {spec.count!r}")
+    spec.output.validate()
+    spec.run.validate()
+    validate_out(spec.output.out)
+    try:
+        info = ModelInfo.read(resolve_model(spec.model)[1])
+    except ModelError as e:
+        raise SpecError(str(e)) from None
+    spec.sampling.validate(info.classes)
+

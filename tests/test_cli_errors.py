@@ -170,3 +170,25 @@ def test_a_commands_own_refusal_is_one_line_not_a_traceback(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and "Traceback" not in err
     assert err.strip() == f"novarch-batch: error: {tmp_path / spec.job_id}: no committed shards yet; wait for the job or re-run it"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"job_id": "../../escape"}, "job_id must be 1-128 letters"),
+    ({"count": 0}, "--count must be a positive integer, got 0"),
+    ({"sampling": {"class_name": "cat"}}, "--class must be one of building, house, any"),
+    ({"sampling": {"steps": -3}}, "--steps must be a positive integer, got -3"),
+    (None, "run-spec: not a JobSpec"),
+], ids=["job id outside --out", "count 0", "unknown class", "negative steps", "not an object"])
+def test_run_spec_checks_what_submit_checks(change, message, tmp_path, monkeypatch, capsys):
+    """What a cluster's head runs gets submit's checks too: a spec that did not come from submit runs nothing."""
+    import json
+
+    from novarch_batch.pipeline.spec import build_spec
+
+    document = build_spec(count=8, out=str(tmp_path / "out"), steps=1).to_dict()
+    for key, value in (change or {}).items():
+        document[key] = {**document[key], **value} if isinstance(value, dict) else value
+    code = run_cli([json.dumps(document if change else [])], monkeypatch, tmp_path, command="run-spec")
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "escape").exists()
