@@ -13,19 +13,25 @@ def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str
     """uint8 (N, 32, 32, 3) images of a job (all, or the first `limit` by id), their requested class, job.json."""
     from PIL import Image, UnidentifiedImageError
 
-    from novarch_batch.pipeline.reader import JobView
+    from novarch_batch.pipeline.reader import DamagedShard, JobView
+    from novarch_batch.storage import StorageError
 
+    repair = f"`novarch-batch verify {url}` says what is damaged and how to repair it"
     view = JobView.open(url)
     images, labels = [], []
-    for row in view.rows(["id", "image_key", "class_label", "image"]):
-        try:
-            images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
-        except (KeyError, OSError, UnidentifiedImageError) as e:
-            raise click.ClickException(f"{url}/{row['image_key']}: not a readable image ({type(e).__name__}); "
-                                       f"`novarch-batch verify {url}` says what is damaged and how to repair it")
-        labels.append(row["class_label"])
-        if limit and len(images) >= limit:
-            break
+    try:
+        for row in view.rows(["id", "image_key", "class_label", "image"]):
+            try:
+                images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
+            except StorageError:  # gone from storage
+                raise click.ClickException(f"{url}/{row['image_key']}: missing; {repair}") from None
+            except (KeyError, OSError, UnidentifiedImageError) as e:
+                raise click.ClickException(f"{url}/{row['image_key']}: not a readable image ({type(e).__name__}); {repair}") from None
+            labels.append(row["class_label"])
+            if limit and len(images) >= limit:
+                break
+    except DamagedShard as e:
+        raise click.ClickException(f"{e}; {repair}") from None
     if not images:
         raise click.ClickException(f"{url}: no committed shards yet; wait for the job or re-run it")
     return np.stack(images), labels, view.job
@@ -36,7 +42,10 @@ def png_file(ctx, param, value: str) -> str:
     from pathlib import Path
 
     if Path(value).suffix.lower() != ".png":
-        raise click.BadParameter(f"must name a .png file, got '{value}' (e.g. {Path(value).stem or 'grid'}.png)")
+        stem = Path(value).stem
+        raise click.BadParameter(f"must name a .png file, got '{value}' (e.g. {stem if stem and not stem.startswith('.') else 'grid'}.png)")
+    if Path(value).expanduser().is_dir():
+        raise click.BadParameter(f"'{value}' is a folder; name a .png file (e.g. {Path(value) / 'grid.png'})")
     folder = Path(value).expanduser().absolute().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):

@@ -18,6 +18,10 @@ from novarch_batch.storage import Storage, StorageError, open_storage
 from novarch_batch.workers import shard_format
 
 
+class DamagedShard(StorageError):
+    """A committed shard's Parquet file that cannot be read; the message names it and why."""
+
+
 @dataclass
 class JobView:
     url: str
@@ -63,7 +67,10 @@ class JobView:
         # ParquetFile.read, not pq.read_table: read_table over an in-memory file leaves work in pyarrow's
         # threads that aborts the process at exit in about half the runs ("terminate called without an
         # active exception", exit 134; pyarrow 26; apache/arrow#33975), after the command has printed
-        return pq.ParquetFile(pa.BufferReader(data if data is not None else self.shard_bytes(shard))).read()
+        try:
+            return pq.ParquetFile(pa.BufferReader(data if data is not None else self.shard_bytes(shard))).read()
+        except (pa.ArrowException, OSError) as e:
+            raise DamagedShard(f"{self.url}/{shard_format.shard_key(shard)}: not readable as Parquet ({str(e).splitlines()[0]})") from None
 
     def rows(self, columns: list[str] | None = None):
         """Rows of every committed shard, one shard in memory at a time."""

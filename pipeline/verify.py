@@ -8,10 +8,9 @@ import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-import pyarrow as pa
 
 from novarch_batch.pipeline import manifest
-from novarch_batch.pipeline.reader import JobView
+from novarch_batch.pipeline.reader import DamagedShard, JobView
 from novarch_batch.storage import StorageError
 from novarch_batch.workers import shard_format
 
@@ -76,8 +75,8 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
             report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
         try:
             table = view.shard_table(k, data)
-        except (pa.ArrowException, OSError) as e:
-            report.problem(f"{shard_format.shard_key(k)}: not readable as Parquet ({str(e).splitlines()[0]})")
+        except DamagedShard as e:
+            report.problem(str(e).removeprefix(f"{view.url}/"))
             continue
         shard_ids[k] = table.column("id").to_pylist()
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)

@@ -290,9 +290,11 @@ def test_model_commands_refuse_bad_input_and_damage_in_one_line(finished_job, tm
     _, _, job_dir = finished_job
     for args, code, message in [(["preview", str(job_dir), "--out", str(tmp_path / "grid")], 2, "must name a .png file"),
                                 (["preview", str(job_dir), "--count", "0"], 2, "0 is not in the range x>=1"),
-                                (["explain", "--out", str(tmp_path / "job.json" / "x.png")], 2, "is not a writable folder")]:
+                                (["explain", "--out", str(tmp_path / "job.json" / "x.png")], 2, "is not a writable folder"),
+                                (["preview", str(job_dir), "--out", str(tmp_path / "sheets.png")], 2, "sheets.png' is a folder; name a .png file")]:
         if "job.json" in args[-1]:
             (tmp_path / "job.json").write_text("{}")  # a file where a folder would be
+        (tmp_path / "sheets.png").mkdir(exist_ok=True)
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == code and message in result.output, result.output
     damaged = tmp_path / "damaged"
@@ -301,7 +303,20 @@ def test_model_commands_refuse_bad_input_and_damage_in_one_line(finished_job, tm
     for command in (["evaluate", str(damaged)], ["preview", str(damaged), "--out", str(tmp_path / "g.png")]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1 and "000000003.png: not a readable image" in result.output, result.output
-    assert list(tmp_path.glob("*.png")) == []
+    # A shard that is no Parquet file, or an image gone from storage: named, with the command that says more.
+    shutil.rmtree(damaged)
+    shutil.copytree(job_dir, damaged)
+    (damaged / shard_format.image_key(1, 12)).unlink()
+    (damaged / shard_format.shard_key(0)).write_bytes(b"not parquet")
+    expected = f"{damaged}/shards/part-00000.parquet: not readable as Parquet"
+    for missing_too in (False, True):
+        if missing_too:
+            (damaged / shard_format.shard_key(0)).unlink()  # the next shard's lost image is met first now
+            expected = f"{damaged}/images/00001/000000012.png: missing"
+        for command in (["evaluate", str(damaged)], ["preview", str(damaged), "--out", str(tmp_path / "g.png")]):
+            result = CliRunner().invoke(cli, command)
+            assert result.exit_code == 1 and expected in result.output and f"novarch-batch verify {damaged}` says" in result.output, result.output
+    assert [p.name for p in tmp_path.glob("*.png")] == ["sheets.png"]  # the folder made above; no picture written
 
 
 def test_the_printed_look_and_read_commands_run_as_pasted_from_a_path_with_spaces(finished_job, tmp_path):
