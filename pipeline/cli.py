@@ -168,7 +168,15 @@ def jobs_group() -> None:
     """List, inspect, follow and stop jobs on a Ray cluster (Ray Jobs API)."""
 
 
-cluster_option = click.option("--cluster", required=True, metavar="URL", help="Ray Jobs API address, e.g. http://HEAD:8265.")
+def jobs_api_address(ctx, param, value: str) -> str:
+    scheme = value.partition("://")[0].lower() if "://" in value else "http"
+    if not value.strip() or scheme not in ("http", "https"):
+        raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use http://HEAD:8265")
+    return value
+
+
+cluster_option = click.option("--cluster", required=True, metavar="URL", callback=jobs_api_address,
+                              help="Ray Jobs API address, e.g. http://HEAD:8265.")
 
 
 def _jobs_client(address: str):
@@ -176,6 +184,15 @@ def _jobs_client(address: str):
 
     try:
         return jobs.client(address)
+    except jobs.ClusterError as e:
+        fail(str(e), EXIT_RUNTIME)
+
+
+def _ask(cluster: str, submission_id: str, request):
+    from novarch_batch.pipeline import jobs
+
+    try:
+        return jobs.ask(cluster, submission_id, request)
     except jobs.ClusterError as e:
         fail(str(e), EXIT_RUNTIME)
 
@@ -194,7 +211,7 @@ def jobs_list(cluster):
 @cluster_option
 def jobs_status(submission_id, cluster):
     """One submission's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    info = _jobs_client(cluster).get_job_info(submission_id)
+    info = _ask(cluster, submission_id, lambda client: client.get_job_info(submission_id))
     click.echo(f"{submission_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
 
 
@@ -212,7 +229,7 @@ def jobs_logs(submission_id, cluster, follow):
         except jobs.ClusterError as e:
             fail(str(e), EXIT_RUNTIME)
         sys.exit(0 if status == "SUCCEEDED" else EXIT_RUNTIME)
-    click.echo(_jobs_client(cluster).get_job_logs(submission_id), nl=False)
+    click.echo(_ask(cluster, submission_id, lambda client: client.get_job_logs(submission_id)), nl=False)
 
 
 @jobs_group.command("stop")
@@ -220,7 +237,7 @@ def jobs_logs(submission_id, cluster, follow):
 @cluster_option
 def jobs_stop(submission_id, cluster):
     """Stop a running submission; committed shards stay and a re-submit resumes."""
-    stopped = _jobs_client(cluster).stop_job(submission_id)
+    stopped = _ask(cluster, submission_id, lambda client: client.stop_job(submission_id))
     click.echo(f"{submission_id}: {'stop requested' if stopped else 'already finished'}")
 
 

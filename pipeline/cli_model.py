@@ -92,7 +92,8 @@ def preview(job_url, out_png, count, cols):
 
 @click.command()
 @click.option("--out", "out_png", default="explain.png", show_default=True, callback=png_file, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Base seed of the pictured samples and the peaks' trajectories, as submit's --seed.")
 @click.option("--model", default=None, metavar="NAME|PATH", help="Model folder or shipped name (default: the shipped NovArch-tiny).")
 @click.option("--trajectories", default=500, show_default=True, type=click.IntRange(min=0),
               help="Unconditional samples whose judged p(house) is drawn step by step (0: no peaks picture).")

@@ -4,6 +4,7 @@ Added to the main CLI with ``cli.add_command(storage)``.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import threading
@@ -18,6 +19,14 @@ def storage() -> None:
     """Local object storage for novarch-batch."""
 
 
+def bucket_name(value: str) -> str:
+    """S3's bucket naming rules, checked before the server starts (SeaweedFS would refuse it after 30 s)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value:
+        raise click.BadParameter(f"'{value}' is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+                                 f"starting and ending with a letter or digit (e.g. {DEFAULT_BUCKET})")
+    return value
+
+
 def export_lines(server: EmbeddedS3) -> list[str]:
     return [f"export {name}={shlex.quote(value)}" for name, value in server.env().items()]
 
@@ -26,7 +35,8 @@ def export_lines(server: EmbeddedS3) -> list[str]:
 @click.option("--dir", "dir_", default="./novarch-s3", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the objects, the keys and the log; reuse it to keep data and keys.")
 @click.option("--port", default=8333, show_default=True, type=click.IntRange(1, 65535), help="S3 port on 127.0.0.1.")
-@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, help="Bucket created at start.")
+@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, callback=lambda ctx, param, value: bucket_name(value),
+              help="Bucket created at start (S3's rules: 3-63 lowercase letters, digits, '.' and '-').")
 def serve(dir_: str, port: int, bucket: str) -> None:
     """Run SeaweedFS's S3 gateway on 127.0.0.1 until Ctrl-C."""
     try:

