@@ -43,7 +43,8 @@ def cli() -> None:
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
 @click.option("--model", default=None, metavar="NAME|PATH|URL", help="Diffusers-format model folder (safetensors), s3://… to one, or a shipped model: novarch-tiny (v2, the default), novarch-tiny-v1 (to finish jobs begun with it) or novarch-tiny-distilled (the few-step student; --sampler distilled picks it).")
 @click.option("--dry-run", is_flag=True, help="Print the job's shape and a time estimate from a short calibration; write nothing.")
-@click.option("--cluster", default=None, metavar="URL", help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
+@click.option("--cluster", default=None, metavar="URL", callback=lambda ctx, param, value: None if value is None else jobs_api_address(ctx, param, value),
+              help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
 def submit(count, job_id, model, dry_run, cluster, wait, as_json, **options):

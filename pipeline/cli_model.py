@@ -23,8 +23,8 @@ def job_images(url: str, limit: int | None = None) -> tuple[np.ndarray, list[str
         for row in view.rows(["id", "image_key", "class_label", "image"]):
             try:
                 images.append(np.asarray(Image.open(io.BytesIO(view.image_bytes(row))).convert("RGB")))
-            except StorageError:  # gone from storage
-                raise click.ClickException(f"{url}/{row['image_key']}: missing; {repair}") from None
+            except StorageError as e:  # gone from storage, or the store refused: its own words name the key
+                raise click.ClickException(f"{e}; {repair}") from None
             except (KeyError, OSError, UnidentifiedImageError) as e:
                 raise click.ClickException(f"{url}/{row['image_key']}: not a readable image ({type(e).__name__}); {repair}") from None
             labels.append(row["class_label"])
@@ -93,7 +93,7 @@ def preview(job_url, out_png, count, cols):
 @click.command()
 @click.option("--out", "out_png", default="explain.png", show_default=True, callback=png_file, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Base seed of the pictured samples and the peaks' trajectories, as submit's --seed.")
+              help="Base seed of the pictured samples and the forward noise, as submit's --seed.")
 @click.option("--model", default=None, metavar="NAME|PATH", help="Model folder or shipped name (default: the shipped NovArch-tiny).")
 @click.option("--trajectories", default=500, show_default=True, type=click.IntRange(min=0),
               help="Unconditional samples whose judged p(house) is drawn step by step (0: no peaks picture).")

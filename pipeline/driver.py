@@ -91,7 +91,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             gone = sorted(set(range(spec.num_shards)) - manifest.committed_shards(job))
             if gone:
                 raise JobFailed(f"{job_url}: the job finished, but {len(gone)} shard(s) are gone since (first: "
-                                f"{shard_format.shard_key(gone[0])}); {manifest.REPAIR_LOST_SHARDS}")
+                                f"{shard_format.shard_key(gone[0])}); {manifest.repair_by_hand(existing) or manifest.REPAIR_LOST_SHARDS}")
             lost = _shards_missing_images(spec, job, range(spec.num_shards))
             if lost:
                 raise JobFailed(f"{job_url}: the job finished, but {len(lost)} shard(s) have lost images since (first: "
@@ -102,30 +102,32 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     conditional = root.honours_conditional_writes()
     if not conditional:
         progress.note(f"{root.url}: this store ignores conditional writes (If-None-Match); the job's lease is best effort")
-    with contextlib.ExitStack() as held:
-        if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
-            held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
-        # The actors are planned before the job's files: a cluster that cannot give them (no GPU to be
-        # had) refuses a new job before its folder exists, a resumed one before any write but its lease,
-        # and a job with nothing left to sample starts no Ray.
-        pool = _plan_pool(spec) if existing is None else None
-        lease = held.enter_context(Lease(job, conditional=conditional))
-        committed = manifest.committed_shards(job)
-        # A committed shard whose images are gone is not whole: its Parquet file (the commit) goes, and
-        # the shard is sampled again with identical bytes.
-        lost = _shards_missing_images(spec, job, sorted(k for k in committed if k < spec.num_shards))
-        pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
-        if pending and pool is None:
-            pool = _plan_pool(spec)
-        if lost:
-            if lease.lost:  # another driver owns the job now: its commits are not ours to delete
-                raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
-            for k in lost:
-                job.delete(shard_format.shard_key(k))
-            progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: {next(iter(lost.values()))}): "
-                          f"sampling them again, with identical bytes")
-        created_at = manifest.prepare_job(job, spec)
-        return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
+    try:
+        with contextlib.ExitStack() as held:
+            if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
+                held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
+            lease = held.enter_context(Lease(job, conditional=conditional))
+            committed = manifest.committed_shards(job)
+            # A committed shard whose images are gone is not whole: its Parquet file (the commit) goes, and
+            # the shard is sampled again with identical bytes.
+            lost = _shards_missing_images(spec, job, sorted(k for k in committed if k < spec.num_shards))
+            pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
+            # The actors are planned before any write but the lease: a cluster that cannot give them (no GPU
+            # to be had) refuses the job before its job.json, and a job with nothing left to sample starts no Ray.
+            pool = _plan_pool(spec) if pending else None
+            if lost:
+                if lease.lost:  # another driver owns the job now: its commits are not ours to delete
+                    raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
+                for k in lost:
+                    job.delete(shard_format.shard_key(k))
+                progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: "
+                              f"{next(iter(lost.values()))}): sampling them again, with identical bytes")
+            created_at = manifest.prepare_job(job, spec)
+            return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
+    except cluster.ClusterRefusal:
+        if existing is None:
+            job.prune()  # the lease, released, was all a new job had: leave not even its folder
+        raise
 
 
 def release() -> None:

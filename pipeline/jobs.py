@@ -48,13 +48,14 @@ def client(address: str):
         raise ClusterError(f"--cluster {address}: cannot reach the Ray Jobs API ({type(e).__name__}); check the address, e.g. http://HEAD:8265") from None
 
 
-def ask(address: str, submission_id: str, request):
-    """One Jobs API request about a submission, `request(client)`; an unknown id or a refusal is a ClusterError."""
-    jobs = client(address)
+def ask(address: str, submission_id: str, request, jobs=None):
+    """One Jobs API request about a submission, `request(client)` (on `jobs`, or a new client); an unknown
+    id or a refusal is a ClusterError."""
+    jobs = jobs or client(address)
     try:
         return request(jobs)
     except RuntimeError as e:  # the Jobs API's answer: "Request failed with status code 404: Job X does not exist."
-        if "404" in str(e) or "does not exist" in str(e):
+        if "status code 404" in str(e):
             raise ClusterError(f"no submission {submission_id} on {address}; "
                                f"`novarch-batch jobs list --cluster {address}` lists them") from None
         raise ClusterError(f"--cluster {address}: {str(e).splitlines()[0][:200]}") from None
@@ -125,7 +126,7 @@ def _submit(jobs, address: str, spec: JobSpec, output_url: str, package: str) ->
 def follow(address: str, submission_id: str, echo) -> str:
     """Stream the job's log as it is written (the Jobs API's log websocket); return its terminal status."""
     jobs = client(address)
-    ask(address, submission_id, lambda jobs: jobs.get_job_status(submission_id))  # an unknown id: one line, not the stream's 404
+    ask(address, submission_id, lambda jobs: jobs.get_job_status(submission_id), jobs)  # an unknown id: one line, not the stream's 404
 
     async def stream() -> None:
         async for chunk in jobs.tail_job_logs(submission_id):

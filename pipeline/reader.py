@@ -67,8 +67,9 @@ class JobView:
         # ParquetFile.read, not pq.read_table: read_table over an in-memory file leaves work in pyarrow's
         # threads that aborts the process at exit in about half the runs ("terminate called without an
         # active exception", exit 134; pyarrow 26; apache/arrow#33975), after the command has printed
+        data = data if data is not None else self.shard_bytes(shard)  # a store's refusal stays a StorageError of its own
         try:
-            return pq.ParquetFile(pa.BufferReader(data if data is not None else self.shard_bytes(shard))).read()
+            return pq.ParquetFile(pa.BufferReader(data)).read()
         except (pa.ArrowException, OSError) as e:
             raise DamagedShard(f"{self.url}/{shard_format.shard_key(shard)}: not readable as Parquet ({str(e).splitlines()[0]})") from None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from novarch_batch.storage.base import is_s3_url
@@ -175,9 +175,9 @@ def build_spec(*, count, model: str | None = None, job_id: str | None = None, **
 
 
 def check_spec(spec: JobSpec) -> None:
-    """build_spec's checks, for a spec that arrives whole (`run-spec`, what a cluster's head runs): raises
-    SpecError naming what is wrong, so that no job id leaves --out and no count, class or step count that
-    `submit` refuses runs anyway."""
+    """build_spec's checks of a finished spec, for one that arrives whole (`run-spec`, what a cluster's head
+    runs): raises SpecError naming what is wrong, so that no job id leaves --out and no count, shard plan,
+    class, step count or student setting that `submit` refuses runs anyway."""
     from novarch_batch.workers.model import ModelError, ModelInfo
 
     if not isinstance(spec.job_id, str) or not JOB_ID_PATTERN.match(spec.job_id):
@@ -186,10 +186,17 @@ def check_spec(spec: JobSpec) -> None:
         raise SpecError(f"count must be an integer, got {spec.count!r}")
     spec.output.validate()
     spec.run.validate()
+    if spec.num_shards > MAX_SHARDS:
+        raise SpecError(f"shard_size {spec.output.shard_size} makes more than {MAX_SHARDS:,} shards")
     validate_out(spec.output.out)
     try:
         info = ModelInfo.read(resolve_model(spec.model)[1])
     except ModelError as e:
         raise SpecError(str(e)) from None
+    if info.sha256 != spec.model_sha256:
+        raise SpecError(f"the model {spec.model} here has weights sha256 {info.sha256[:12]}, the spec {spec.model_sha256[:12]}: "
+                        f"one job must not mix two models")
+    if spec.sampling.sampler == DISTILLED and student_sampling(spec.sampling, info, spec.model, asdict(spec.sampling)) != spec.sampling:
+        raise SpecError("the spec's sampling is not its student's own (steps, guidance and grid)")
     spec.sampling.validate(info.classes)
 

@@ -39,6 +39,7 @@ class Storage(Protocol):
     # Pre-flight, failing fast with the fix: reading writes nothing; writing leaves nothing behind.
     def check_readable(self) -> None: ...
     def check_writable(self) -> None: ...
+    def prune(self) -> None: ...  # remove the folder if empty (a folder store only)
 
 
 def join(url: str, *parts: str) -> str:

@@ -135,6 +135,11 @@ class LocalStorage:
     def child(self, prefix: str) -> "LocalStorage":
         return LocalStorage(self.root / prefix)
 
+    def prune(self) -> None:
+        """Remove this folder if nothing is in it (what a refused new job leaves after its lease)."""
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
     def check_readable(self) -> None:
         """Nothing to check ahead for a folder: a missing one reads as empty."""
 

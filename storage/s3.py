@@ -327,6 +327,9 @@ class S3Storage:
             raise StorageError(f"{self._where(key)}: got {size} of {expected_size} bytes; the download was cut, retry")
         return digest.hexdigest()
 
+    def prune(self) -> None:
+        """Nothing to do: S3 has no folders, so a prefix with no objects is not there."""
+
     def check_readable(self) -> None:
         """Pre-flight for reading: one LIST with the pre-flight client, so a wrong or unreachable endpoint,
         a missing bucket or refused keys fail in seconds, with the fix, and nothing is written."""

@@ -199,3 +199,29 @@ def test_storage_serve_refuses_a_bad_bucket_name_before_starting(tmp_path, monke
     err = capsys.readouterr().err
     assert code == 2 and "'Bad_Bucket!' is not an S3 bucket name: 3-63 lowercase letters" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_spec_refuses_a_student_sampled_otherwise_and_a_plan_of_too_many_shards(tmp_path, monkeypatch, capsys):
+    import json
+
+    from novarch_batch.pipeline.spec import MAX_SHARDS, build_spec
+
+    student = build_spec(count=8, out=str(tmp_path / "out"), sampler="distilled").to_dict()
+    student["sampling"]["steps"] = 8
+    plan = build_spec(count=MAX_SHARDS + 1, out=str(tmp_path / "out"), shard_size=10).to_dict()
+    plan["output"]["shard_size"] = 1
+    for document, message in ((student, "the distilled student samples with --steps 4 only"), (plan, f"makes more than {MAX_SHARDS:,} shards")):
+        code = run_cli([json.dumps(document)], monkeypatch, tmp_path, command="run-spec")
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_of_train_and_distill_through_the_entry_point(monkeypatch, capsys):
+    for command, flag in (("train", "Images per optimizer step"), ("distill", "The first teacher's DDIM steps")):
+        monkeypatch.setattr(sys, "argv", ["novarch-batch", command, "--help"])
+        try:
+            main()
+        except SystemExit as e:
+            assert e.code in (0, None)
+        assert flag in capsys.readouterr().out

@@ -312,7 +312,7 @@ def test_model_commands_refuse_bad_input_and_damage_in_one_line(finished_job, tm
     for missing_too in (False, True):
         if missing_too:
             (damaged / shard_format.shard_key(0)).unlink()  # the next shard's lost image is met first now
-            expected = f"{damaged}/images/00001/000000012.png: missing"
+            expected = f"{damaged}/images/00001/000000012.png: not found"
         for command in (["evaluate", str(damaged)], ["preview", str(damaged), "--out", str(tmp_path / "g.png")]):
             result = CliRunner().invoke(cli, command)
             assert result.exit_code == 1 and expected in result.output and f"novarch-batch verify {damaged}` says" in result.output, result.output

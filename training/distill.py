@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +36,7 @@ from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, device_option, model_folder_option, optimizer_step,
                                           seeded_generator, to_model_range)
-from novarch_batch.workers.model import ModelInfo, default_model_dir, load_unet
+from novarch_batch.workers.model import ModelError, ModelInfo, default_model_dir, load_unet
 from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.spec import SHIPPED_MODELS, trailing_timesteps
@@ -43,6 +44,10 @@ from novarch_batch.workers.spec import SHIPPED_MODELS, trailing_timesteps
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
 ROUND_STRIDE = 10**8  # image indices per round
 PROBE_FROM, PROBE_TO = 10, 40  # --max-seconds times round 1's steps 10..40 (past start-up)
+
+
+class TeacherError(ValueError):
+    """--teacher names a model that cannot be distilled; raised before anything is written."""
 
 
 @dataclass(frozen=True)
@@ -155,10 +160,13 @@ def distill(cfg: DistillConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    info = ModelInfo.read(Path(cfg.teacher))
+    try:
+        info = ModelInfo.read(Path(cfg.teacher))
+    except ModelError as err:  # its message speaks of --model
+        raise TeacherError(str(err).replace("--model", "--teacher", 1)) from None
     config = info.scheduler_config
     if config.get("prediction_type") != "v_prediction":
-        raise ValueError(f"--teacher {cfg.teacher} predicts {config.get('prediction_type', 'epsilon')}; progressive "
+        raise TeacherError(f"--teacher {cfg.teacher} predicts {config.get('prediction_type', 'epsilon')}; progressive "
                          f"distillation needs a v-prediction teacher such as workers/models/novarch-tiny (NovArch v2)")
     alphas = alphas_cumprod_for(config).to(device)
     schedule = Schedule(alphas, [], bool(config.get("clip_sample", True)), config.get("prediction_type", "epsilon"))
@@ -206,7 +214,7 @@ def distill(cfg: DistillConfig) -> Path:
     meta = {"name": f"{info.name}-distilled", "distilled": {
         "method": "progressive distillation (Salimans & Ho 2022), guidance folded in the first round",
         "teacher": info.name, "teacher_sha256": info.sha256, "steps": cfg.final_steps, "guidance": cfg.guidance,
-        "sample_with": f"novarch-batch submit --sampler distilled --model {cfg.out}"},
+        "sample_with": f"novarch-batch submit --sampler distilled --model {shlex.quote(str(Path(cfg.out).absolute()))}"},
         "training_seconds": round(time.perf_counter() - start, 1), "distill_config": asdict(cfg),
         "steps_per_round_done": steps_per_round,  # with --max-seconds: pass it as --steps-per-round to repeat the run
         "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}
@@ -254,8 +262,8 @@ def main(**kwargs) -> None:
         raise click.UsageError(str(err)) from err
     try:
         folder = distill(cfg)
-    except ValueError as err:  # a teacher that cannot be distilled: refused before anything is written
-        raise click.UsageError(str(err).replace("--model", "--teacher", 1)) from err
+    except TeacherError as err:  # refused before anything is written
+        raise click.UsageError(str(err)) from err
     click.echo(f"saved {folder}")
 
 

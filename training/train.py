@@ -306,6 +306,8 @@ def device_option(ctx, param, value: str) -> str:
         raise click.BadParameter(f"{value!r}: use cpu or cuda (cuda:N for another GPU)", param=param)
     if value.startswith("cuda") and not torch.cuda.is_available():
         raise click.BadParameter(f"{value}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu", param=param)
+    if value.startswith("cuda:") and int(value[5:]) >= torch.cuda.device_count():
+        raise click.BadParameter(f"{value}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 …; choose one of them", param=param)
     return value
 
 
