@@ -80,7 +80,7 @@ def test_gpus_2_from_zero_uses_two_new_nodes(gpu_cluster, tmp_path):
 
 
 def test_a_lost_node_costs_no_attempt_and_the_pool_regrows(gpu_cluster, tmp_path):
-    proc = submit(gpu_cluster, tmp_path, "--count", "960", "--steps", "8", "--shard-size", "8", "--batch-size", "8",
+    proc = submit(gpu_cluster, tmp_path, "--count", "720", "--steps", "8", "--shard-size", "8", "--batch-size", "8",
                   "--gpus", "2", "--job-id", "node-loss", wait=False)
     shards = tmp_path / "node-loss" / "shards"
     wait_for(lambda: shards.exists() and len(list(shards.glob("*.parquet"))) >= 4, 180, "four committed shards")
@@ -96,10 +96,10 @@ def test_a_lost_node_costs_no_attempt_and_the_pool_regrows(gpu_cluster, tmp_path
     assert len({name.split(":")[1] for name in report["shards_by_actor"]}) >= 3
     print(f"node loss: job finished {time.monotonic() - killed_at:.1f} s after the kill; "
           f"actors ready at {report['actor_ready_seconds']} s; recovery {report['recovery_seconds']} s")
-    assert ids(tmp_path / "node-loss") == list(range(960))  # none lost, none twice
+    assert ids(tmp_path / "node-loss") == list(range(720))  # none lost, none twice
     assert verify(str(tmp_path / "node-loss"), full=True).ok
     # What the cluster's Prometheus sees: the preemption counted, no shard retry (a zero is never sent).
-    expected = {"ray_novarch_images_total": 960.0, "ray_novarch_shards_committed_total": 120.0,
+    expected = {"ray_novarch_images_total": 720.0, "ray_novarch_shards_committed_total": 90.0,
                 "ray_novarch_preemptions_total": float(report["preemptions"])}
     wait_for(lambda: job_counters(gpu_cluster.metrics_port, "node-loss") == expected, 30, f"the head's metrics to read {expected}")
 
