@@ -93,7 +93,7 @@ def preview(job_url, out_png, count, cols):
 @click.command()
 @click.option("--out", "out_png", default="explain.png", show_default=True, callback=png_file, help="PNG file to write (the peaks go beside it, NAME-peaks.png).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Base seed of the pictured samples and the forward noise, as submit's --seed.")
+              help="Base seed of the pictured samples, the forward noise and the peaks' trajectories, as submit's --seed.")
 @click.option("--model", default=None, metavar="NAME|PATH", help="Model folder or shipped name (default: the shipped NovArch-tiny).")
 @click.option("--trajectories", default=500, show_default=True, type=click.IntRange(min=0),
               help="Unconditional samples whose judged p(house) is drawn step by step (0: no peaks picture).")
@@ -117,7 +117,9 @@ def explain(out_png, seed, model, trajectories):
 
         from novarch_batch.training.peaks import BETWEEN, house_trajectories, render_peaks, share_between
 
-        paths = house_trajectories(generator, trajectories)
+        from novarch_batch.workers.spec import SamplingConfig
+
+        paths = house_trajectories(generator, trajectories, SamplingConfig(seed=seed))
         peaks_png = Path(out_png).with_name(Path(out_png).stem + "-peaks.png")
         click.echo(f"wrote {render_peaks(paths, peaks_png)}: {share_between(paths):.1%} of {trajectories} unconditional "
                    f"samples end between the peaks ({BETWEEN[0]} < p(house) < {BETWEEN[1]})")
