@@ -87,15 +87,16 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         done = manifest.read_json(job, manifest.SUCCESS_FILE)
         if done is not None and done.get("spec_hash") == spec.spec_hash():
             # Finished: write nothing (not even a probe or the lease), so no storage event fires again.
-            # One listing tells a finished job from one damaged since, which must not pass as complete.
+            # Listings tell a finished job from one damaged since, which must not pass as complete.
+            repair = manifest.repair_by_hand(existing) or manifest.REPAIR_LOST_SHARDS
             gone = sorted(set(range(spec.num_shards)) - manifest.committed_shards(job))
             if gone:
                 raise JobFailed(f"{job_url}: the job finished, but {len(gone)} shard(s) are gone since (first: "
-                                f"{shard_format.shard_key(gone[0])}); {manifest.repair_by_hand(existing) or manifest.REPAIR_LOST_SHARDS}")
+                                f"{shard_format.shard_key(gone[0])}); {repair}")
             lost = _shards_missing_images(spec, job, range(spec.num_shards))
             if lost:
                 raise JobFailed(f"{job_url}: the job finished, but {len(lost)} shard(s) have lost images since (first: "
-                                f"{next(iter(lost.values()))}); {manifest.repair_by_hand(existing) or manifest.REPAIR_LOST_SHARDS}")
+                                f"{next(iter(lost.values()))}); {repair}")
             return JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards,
                              complete=True, already_complete=True, seconds=round(time.perf_counter() - started, 3))
     root.check_writable()  # pre-flight before any sampling: bad bucket or keys fail here, in seconds
@@ -110,14 +111,14 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
             committed = manifest.committed_shards(job)
             # A committed shard whose images are gone is not whole: its Parquet file (the commit) goes, and
             # the shard is sampled again with identical bytes.
-            lost = _shards_missing_images(spec, job, sorted(k for k in committed if k < spec.num_shards))
+            lost = _shards_missing_images(spec, job, sorted(committed))
             pending = missing_shards(spec.count, spec.output.shard_size, committed - set(lost))
             # The actors are planned before any write but the lease: a cluster that cannot give them (no GPU
             # to be had) refuses the job before its job.json, and a job with nothing left to sample starts no Ray.
             pool = _plan_pool(spec) if pending else None
             if lost:
                 if lease.lost:  # another driver owns the job now: its commits are not ours to delete
-                    raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
+                    raise _taken_over(job)
                 for k in lost:
                     job.delete(shard_format.shard_key(k))
                 progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: "
@@ -135,6 +136,10 @@ def release() -> None:
     instead of in Ray's exit hook, which first waits another 0.5 s for late log lines."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _taken_over(job) -> JobBusy:
+    return JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
 
 
 def _shards_missing_images(spec: JobSpec, job, indices) -> dict[int, str]:
@@ -159,7 +164,7 @@ def _run_job(spec, job, job_url, created_at, progress, started, lease, condition
             progress.close()
     checksums.update(manifest.shard_checksums(job, [k for k in range(spec.num_shards) if k not in checksums]))
     if lease.lost:
-        raise JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
+        raise _taken_over(job)
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.images_sampled / report.seconds, 2) if report.seconds else 0.0
     report.driver_peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux

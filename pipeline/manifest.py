@@ -6,7 +6,7 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from novarch_batch.pipeline.shards import Shard, shard
+from novarch_batch.pipeline.shards import Shard, num_shards, shard
 from novarch_batch.pipeline.spec import JobSpec, SpecError
 from novarch_batch.storage import Storage, StorageError, sha256_file
 from novarch_batch.workers import shard_format
@@ -42,6 +42,8 @@ def job_document(spec: JobSpec, created_at: str) -> dict:
 # A finished job that has lost shards or images since: what brings them back (the same command, after
 # this: a resume samples again every shard whose Parquet file or image objects are gone).
 REPAIR_LOST_SHARDS = "delete _SUCCESS and re-run the same submit to sample them again, with identical bytes"
+DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
+               SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
 
 
 def repair_by_hand(document: dict) -> str | None:
@@ -53,8 +55,6 @@ def repair_by_hand(document: dict) -> str | None:
         return None
     return (f"delete _SUCCESS and the Parquet file (shards/part-NNNNN.parquet) of each damaged shard (`novarch-batch verify` "
             f"lists them), then re-run the same submit with the novarch-batch that began the job (Parquet schema {version})")
-DAMAGED_FIX = {JOB_FILE: "restore it from a copy, or run the job again under another --out",
-               SUCCESS_FILE: "delete it and re-run the same submit to write it again"}
 
 
 def read_json(job: Storage, key: str) -> dict | None:
@@ -126,8 +126,8 @@ def job_format(document: dict) -> str:
 
 
 def shards_missing_images(job: Storage, fmt: str, count: int, shard_size: int, indices) -> dict[int, str]:
-    """Committed shards (of `indices`) whose image objects (a PNG per image, or the shard's tar) are not
-    all in storage, each with the first one missing. One LIST per folder they live in (images/<shard>/
+    """Committed shards (of `indices`; any outside the plan are skipped) whose image objects (a PNG per
+    image, or the shard's tar) are not all in storage, each with the first one missing. One LIST per folder they live in (images/<shard>/
     each, or webdataset/ for every tar), 16 at a time, and no GET: about count / shard_size requests for
     --format files, one per 1,000 tars for webdataset, none for embedded images."""
     from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +137,8 @@ def shards_missing_images(job: Storage, fmt: str, count: int, shard_size: int, i
     stored = WRITERS[fmt].stored
     by_folder: dict[str, list[Shard]] = {}
     for k in indices:
+        if not 0 <= k < num_shards(count, shard_size):
+            continue
         s = shard(k, count, shard_size)
         first = stored(s.index, range(s.start, s.start + 1))  # a shard's objects lie in one folder (ShardWriter.stored)
         if first:

@@ -199,4 +199,3 @@ def check_spec(spec: JobSpec) -> None:
     if spec.sampling.sampler == DISTILLED and student_sampling(spec.sampling, info, spec.model, asdict(spec.sampling)) != spec.sampling:
         raise SpecError("the spec's sampling is not its student's own (steps, guidance and grid)")
     spec.sampling.validate(info.classes)
-

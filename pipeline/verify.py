@@ -8,7 +8,6 @@ import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-
 from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.reader import DamagedShard, JobView
 from novarch_batch.storage import StorageError
@@ -66,7 +65,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     for key, index in listed.items():
         if index is None or index >= view.num_shards:
             report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
-    for k, key in view.shards_missing_images(sorted(k for k in committed if k < view.num_shards)).items():
+    for k, key in view.shards_missing_images(sorted(committed)).items():
         report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
     for k in sorted(committed):
