@@ -37,13 +37,23 @@ def cli() -> None:
     """
 
 
+def jobs_api_address(ctx, param, value: str | None) -> str | None:
+    """--cluster: an http(s) address (a scheme-less HOST:PORT is http), or None where the option is optional."""
+    if value is None:
+        return None
+    scheme = value.partition("://")[0].lower() if "://" in value else "http"
+    if not value.strip() or scheme not in ("http", "https"):
+        raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use http://HEAD:8265")
+    return value
+
+
 @cli.command()
 @click.option("--count", required=True, metavar="N", help="Number of images to generate (1 to 100,000,000).")
 @spec_options
 @click.option("--job-id", default=None, metavar="ID", help="Job id (folder name). Default: a hash of the spec, so the same command resumes the same job.")
 @click.option("--model", default=None, metavar="NAME|PATH|URL", help="Diffusers-format model folder (safetensors), s3://… to one, or a shipped model: novarch-tiny (v2, the default), novarch-tiny-v1 (to finish jobs begun with it) or novarch-tiny-distilled (the few-step student; --sampler distilled picks it).")
 @click.option("--dry-run", is_flag=True, help="Print the job's shape and a time estimate from a short calibration; write nothing.")
-@click.option("--cluster", default=None, metavar="URL", callback=lambda ctx, param, value: None if value is None else jobs_api_address(ctx, param, value),
+@click.option("--cluster", default=None, metavar="URL", callback=jobs_api_address,
               help="Submit through the Ray Jobs API of this cluster (http://HEAD:8265) and return; see --wait.")
 @click.option("--wait", is_flag=True, help="With --cluster: follow the job's log to the end and exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON object on stdout.")
@@ -167,13 +177,6 @@ def submit_to_cluster(address: str, spec, wait: bool, as_json: bool) -> None:
 @cli.group("jobs")
 def jobs_group() -> None:
     """List, inspect, follow and stop jobs on a Ray cluster (Ray Jobs API)."""
-
-
-def jobs_api_address(ctx, param, value: str) -> str:
-    scheme = value.partition("://")[0].lower() if "://" in value else "http"
-    if not value.strip() or scheme not in ("http", "https"):
-        raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use http://HEAD:8265")
-    return value
 
 
 cluster_option = click.option("--cluster", required=True, metavar="URL", callback=jobs_api_address,

@@ -19,7 +19,7 @@ def storage() -> None:
     """Local object storage for novarch-batch."""
 
 
-def bucket_name(value: str) -> str:
+def bucket_name(ctx, param, value: str) -> str:
     """S3's bucket naming rules, checked before the server starts (SeaweedFS would refuse it after 30 s)."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value:
         raise click.BadParameter(f"'{value}' is not an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-', "
@@ -35,7 +35,7 @@ def export_lines(server: EmbeddedS3) -> list[str]:
 @click.option("--dir", "dir_", default="./novarch-s3", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the objects, the keys and the log; reuse it to keep data and keys.")
 @click.option("--port", default=8333, show_default=True, type=click.IntRange(1, 65535), help="S3 port on 127.0.0.1.")
-@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, callback=lambda ctx, param, value: bucket_name(value),
+@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, callback=bucket_name,
               help="Bucket created at start (S3's rules: 3-63 lowercase letters, digits, '.' and '-').")
 def serve(dir_: str, port: int, bucket: str) -> None:
     """Run SeaweedFS's S3 gateway on 127.0.0.1 until Ctrl-C."""
