@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
-from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, device_option, model_folder_option, optimizer_step,
+from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, machine_options, model_folder_option, optimizer_step,
                                           seeded_generator, to_model_range)
-from novarch_batch.workers.model import ModelError, ModelInfo, default_model_dir, load_unet
+from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
+from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.spec import SHIPPED_MODELS, trailing_timesteps
@@ -224,12 +225,11 @@ def distill(cfg: DistillConfig) -> Path:
 
 
 def teacher_folder(ctx, param, value: str) -> str:
-    """A model folder, or a shipped model's name (novarch-tiny: v2)."""
-    if value in SHIPPED_MODELS:
-        return str(default_model_dir(value))
-    if not Path(value).is_dir():
+    """A model folder, or a shipped model's name (novarch-tiny: v2), resolved as --model is."""
+    folder = fetch_model_folder(value)
+    if not folder.is_dir():
         raise click.BadParameter(f"{value} is not a folder; pass a model folder or a shipped name ({', '.join(SHIPPED_MODELS)})", param=param)
-    return value
+    return str(folder)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -248,10 +248,7 @@ def teacher_folder(ctx, param, value: str) -> str:
               help="AdamW's learning rate in each round, after a linear warmup.")
 @click.option("--guidance", default=DistillConfig.guidance, show_default=True, type=click.FloatRange(min=0),
               help="Classifier-free guidance folded into the student for class labels.")
-@click.option("--threads", default=DistillConfig.threads, show_default=True, type=POSITIVE, help="Torch CPU threads.")
-@click.option("--device", default=DistillConfig.device, show_default=True, callback=device_option, help="cpu, cuda or cuda:N.")
-@click.option("--data-workers", default=DistillConfig.data_workers, show_default=True, type=click.IntRange(min=0),
-              help="Processes painting batches ahead (a GPU needs several; 0: the trainer paints them).")
+@machine_options(DistillConfig)
 @click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Fit all rounds together into this many seconds: steps per round come from round 1's pace and are recorded.")
 def main(**kwargs) -> None:

@@ -311,6 +311,22 @@ def device_option(ctx, param, value: str) -> str:
     return value
 
 
+def machine_options(config):
+    """--threads, --device and --data-workers, as train and distill both take them (defaults from `config`)."""
+    options = [
+        click.option("--threads", default=config.threads, show_default=True, type=POSITIVE, help="Torch CPU threads."),
+        click.option("--device", default=config.device, show_default=True, callback=device_option, help="cpu, cuda or cuda:N."),
+        click.option("--data-workers", default=config.data_workers, show_default=True, type=click.IntRange(min=0),
+                     help="Processes painting training batches ahead (a GPU needs several; 0: the trainer paints them)."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):  # click lists options in decorator order, top first
+            command = option(command)
+        return command
+    return apply
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, callback=model_folder_option, help="Model folder to write (diffusers format + novarch.json).")
 @click.option("--steps", default=TrainConfig.steps, show_default=True, type=POSITIVE,
@@ -335,10 +351,7 @@ def device_option(ctx, param, value: str) -> str:
               help="Seed of the painted training images (the judge and the evaluation sets use others).")
 @click.option("--seed", default=TrainConfig.seed, show_default=True, type=SEED,
               help="Seed of the initial weights, the noise and the timesteps.")
-@click.option("--threads", default=TrainConfig.threads, show_default=True, type=POSITIVE, help="Torch CPU threads.")
-@click.option("--device", default=TrainConfig.device, show_default=True, callback=device_option, help="cpu, cuda or cuda:N.")
-@click.option("--data-workers", default=TrainConfig.data_workers, show_default=True, type=click.IntRange(min=0),
-              help="Processes painting training batches ahead (a GPU needs several; 0: the trainer paints them).")
+@machine_options(TrainConfig)
 @click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Fit the run into this many seconds: the step count comes from the warmup's pace and is recorded.")
 @click.option("--init-from", default=None,
