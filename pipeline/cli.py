@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+from urllib.parse import urlsplit
 
 import click
 
@@ -38,13 +39,20 @@ def cli() -> None:
 
 
 def jobs_api_address(ctx, param, value: str | None) -> str | None:
-    """--cluster: an http(s) address (a scheme-less HOST:PORT is http), or None where the option is optional."""
+    """--cluster: an http(s) address, or a scheme-less HOST:PORT (http); None passes where the option is optional."""
     if value is None:
         return None
-    scheme = value.partition("://")[0].lower() if "://" in value else "http"
-    if not value.strip() or scheme not in ("http", "https"):
+    # Ray's JobSubmissionClient reads a scheme-less address as the cluster's GCS (and waits ~40 s on a
+    # Jobs API port): HOST:PORT is made an http:// address here; a bare word is refused.
+    address = value if "://" in value else f"http://{value}"
+    url = urlsplit(address)
+    try:
+        port_ok = "://" in value or url.port is not None
+    except ValueError:  # HOST:notaport
+        port_ok = False
+    if url.scheme.lower() not in ("http", "https") or not url.hostname or not port_ok:
         raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use http://HEAD:8265")
-    return value
+    return address
 
 
 @cli.command()

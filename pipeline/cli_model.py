@@ -59,7 +59,7 @@ def png_file(ctx, param, value: str) -> str:
 def evaluate(job_url, as_json):
     """Judge a job's images: purity, class accuracy or balance, Fréchet distance over the judge's features and over the scene factors (MODEL.md), memorisation."""
     from novarch_batch.storage import StorageError
-    from novarch_batch.training.evaluate import evaluate_images, format_report
+    from novarch_batch.training.evaluate import STABLE_COUNT, evaluate_images, format_report
 
     try:
         images, _, job = job_images(job_url)
@@ -67,6 +67,9 @@ def evaluate(job_url, as_json):
         raise click.ClickException(str(e)) from None  # one line and exit 1 (cli.main)
     if len(images) < 2:
         raise click.ClickException(f"{job_url}: {len(images)} image; the Fréchet distance needs at least 2 (1,000 give a stable one)")
+    if len(images) < STABLE_COUNT:  # on stderr, so that --json stays one object
+        click.echo(f"note: {len(images)} images; below {STABLE_COUNT:,} the Fréchet distances and their floors swing "
+                   f"widely (MODEL.md's targets are judged on {STABLE_COUNT:,} per setting)", err=True)
     metrics = evaluate_images(images, job["spec"]["sampling"]["class_name"])
     click.echo(json.dumps(metrics) if as_json else format_report(metrics))
 
@@ -119,6 +122,7 @@ def explain(out_png, seed, model, trajectories):
 
         from novarch_batch.workers.spec import SamplingConfig
 
+        click.echo(f"judging {trajectories} unconditional trajectories step by step (the peaks)…", err=True)
         paths = house_trajectories(generator, trajectories, SamplingConfig(seed=seed))
         peaks_png = Path(out_png).with_name(Path(out_png).stem + "-peaks.png")
         click.echo(f"wrote {render_peaks(paths, peaks_png)}: {share_between(paths):.1%} of {trajectories} unconditional "

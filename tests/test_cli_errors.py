@@ -30,6 +30,8 @@ CASES = [
     (["--count", "8", "--out", "s3://"], "no bucket"),
     (["--count", "8", "--out", "s3://Bad_Bucket!/x"], "'Bad_Bucket!' is not a bucket name"),
     (["--count", "8", "--out", "file://relative"], "a file URL names an absolute path, file:///PATH (three slashes)"),
+    (["--count", "8", "--cluster", "notaurl"], "'notaurl' is not a Ray Jobs API address; use http://HEAD:8265"),
+    (["--count", "8", "--cluster", "head:port"], "'head:port' is not a Ray Jobs API address; use http://HEAD:8265"),
 ]
 
 
@@ -71,6 +73,7 @@ TRAINING_CASES = [
     (["train", "--prediction-type", "epsilon"], "--zero-terminal-snr needs --prediction-type v_prediction, or pass --no-zero-terminal-snr"),
     (["train", "--ckpt-dir", "a-file/ckpt"], "Invalid value for '--ckpt-dir': cannot create a-file/ckpt:"),
     (["train", "--out", "a-file"], "Invalid value for '--out': a-file is a file; name a folder"),
+    (["train", "--init-from", "nosuch"], "Invalid value for '--init-from': nosuch is not a folder; pass a model folder or a shipped name"),
     (["distill", "--teacher", "nosuch"], "Invalid value for '--teacher': nosuch is not a folder; pass a model folder or a shipped name"),
     (["distill", "--teacher", "novarch-tiny-v1"], "predicts epsilon; progressive distillation needs a v-prediction teacher"),
     (["distill", "--teacher", "novarch-tiny", "--start-steps", "12"], "--start-steps must be --final-steps times a power of two"),
@@ -225,3 +228,21 @@ def test_help_of_train_and_distill_through_the_entry_point(monkeypatch, capsys):
         except SystemExit as e:
             assert e.code in (0, None)
         assert flag in capsys.readouterr().out
+
+
+def test_train_takes_a_shipped_name_and_an_interrupted_run_says_what_it_left(tmp_path, monkeypatch, capsys):
+    """--init-from resolves a shipped name as submit's --model does; Ctrl-C names what is (not) saved, exit 130."""
+    from novarch_batch.training import train as training
+    from novarch_batch.workers.model import default_model_dir
+
+    started = []
+
+    def interrupted(cfg):
+        started.append(cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    code = run_cli(["--out", "model", "--init-from", "novarch-tiny", "--ckpt-dir", "ckpt"], monkeypatch, tmp_path, command="train")
+    err = capsys.readouterr().err
+    assert code == 130 and started[0].init_from == str(default_model_dir("novarch-tiny"))
+    assert "interrupted: no weights saved in model, its train_log.jsonl has the losses so far; the last checkpoint is in ckpt" in err

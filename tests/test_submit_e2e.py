@@ -269,7 +269,8 @@ def test_evaluate_and_preview_a_small_job(finished_job, tmp_path):
     _, _, job_dir = finished_job
     result = CliRunner().invoke(cli, ["evaluate", str(job_dir), "--json"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = json.loads(result.stdout)  # one object; the small-sample note goes to stderr
+    assert result.stderr.startswith(f"note: {COUNT} images; below 1,000 the Fréchet distances and their floors swing widely")
     assert metrics["count"] == COUNT and metrics["requested_class"] == "any"
     assert 0 <= metrics["purity"] <= 1 and set(metrics["balance"]) == {"building", "house"}
     assert metrics["fd"] > 0 and metrics["fd_floor"] > 0 and len(metrics["nearest_train_l2"]) == 8

@@ -34,13 +34,12 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
-from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, machine_options, model_folder_option, optimizer_step,
-                                          seeded_generator, to_model_range)
+from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, existing_model_folder, hardware_name, machine_options,
+                                          model_folder_option, optimizer_step, seeded_generator, to_model_range)
 from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
-from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for
-from novarch_batch.workers.spec import SHIPPED_MODELS, trailing_timesteps
+from novarch_batch.workers.spec import trailing_timesteps
 
 FIRST_INDEX = 10**9  # distillation images are indices from here: none was seen in training
 ROUND_STRIDE = 10**8  # image indices per round
@@ -218,22 +217,14 @@ def distill(cfg: DistillConfig) -> Path:
         "sample_with": f"novarch-batch submit --sampler distilled --model {shlex.quote(str(Path(cfg.out).absolute()))}"},
         "training_seconds": round(time.perf_counter() - start, 1), "distill_config": asdict(cfg),
         "steps_per_round_done": steps_per_round,  # with --max-seconds: pass it as --steps-per-round to repeat the run
-        "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__}
+        "hardware": hardware_name(device), "torch": torch.__version__}
     from diffusers import DDPMScheduler
 
     return save_model_folder(teacher, DDPMScheduler.from_config(config), out, meta)
 
 
-def teacher_folder(ctx, param, value: str) -> str:
-    """A model folder, or a shipped model's name (novarch-tiny: v2), resolved as --model is."""
-    folder = fetch_model_folder(value)
-    if not folder.is_dir():
-        raise click.BadParameter(f"{value} is not a folder; pass a model folder or a shipped name ({', '.join(SHIPPED_MODELS)})", param=param)
-    return str(folder)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--teacher", required=True, callback=teacher_folder, metavar="NAME|FOLDER",
+@click.option("--teacher", required=True, callback=existing_model_folder, metavar="NAME|FOLDER",
               help="The v-prediction model to distil: a folder, or a shipped name (novarch-tiny: v2).")
 @click.option("--out", required=True, callback=model_folder_option, help="Folder for the student (diffusers format + novarch.json).")
 @click.option("--start-steps", default=DistillConfig.start_steps, show_default=True, type=POSITIVE,

@@ -15,6 +15,7 @@ FLOOR_SEEDS = (3001, 3002, 3003, 3004)  # independent real sets; the floor is th
 CONFIDENT = 0.9  # a judge probability at least this high counts as a clear building or house
 N_TRAIN_REFERENCE = 5000  # training images searched for each sample's nearest neighbour
 N_NEAREST = 8  # samples checked for memorisation
+STABLE_COUNT = 1000  # images per setting behind MODEL.md's targets; fewer give Fréchet distances that swing
 
 
 def evaluate_images(images_uint8: np.ndarray, requested_class: str, judge: Judge | None = None,

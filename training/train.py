@@ -22,8 +22,11 @@ from tqdm import tqdm
 
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import DEFAULT_CHANNELS, NULL_LABEL, build_scheduler, build_unet, save_model_folder
+from novarch_batch.storage import StorageError
 from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
+from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.schedules import alphas_cumprod_for
+from novarch_batch.workers.spec import SHIPPED_MODELS
 
 TRAIN_DATA_SEED = 1000  # the judge and the evaluation sets use other seeds (see training/evaluate.py)
 
@@ -261,12 +264,17 @@ def _meta(cfg: TrainConfig, steps_done: int, start: float, partial: bool, start_
         "training_config": asdict(cfg),
         "weights": "ema",
         "torch": torch.__version__,
-        "hardware": torch.cuda.get_device_name(0) if cfg.device.startswith("cuda") else "cpu",
+        "hardware": hardware_name(torch.device(cfg.device)),
         # the same run again, without the clock: the step count it made replaces --max-seconds
         "reproduce": reproduce_command(cfg, steps_done),
         # a continued run: the weights it started from (their own run is their novarch.json's `reproduce`)
         **({"init_from": start_from} if start_from else {}),
     }
+
+
+def hardware_name(device: torch.device) -> str:
+    """The card a run used (cuda:N names GPU N), or cpu."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def reproduce_command(cfg: TrainConfig, steps: int) -> str:
@@ -283,6 +291,19 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
 MAX_BATCH = 16384  # images painted per step: far above what a GPU run uses (512), and it fits in memory
 POSITIVE = click.IntRange(min=1)
 SEED = click.IntRange(min=0)  # numpy's generators take no negative seed
+
+
+def existing_model_folder(ctx, param, value: str | None) -> str | None:
+    """A model to start from: a folder, s3://…, or a shipped name (novarch-tiny: v2), resolved as submit's --model is."""
+    if value is None:
+        return None
+    try:
+        folder = fetch_model_folder(value)
+    except (ModelError, StorageError) as err:
+        raise click.BadParameter(str(err), param=param) from None
+    if not folder.is_dir():
+        raise click.BadParameter(f"{value} is not a folder; pass a model folder or a shipped name ({', '.join(SHIPPED_MODELS)})", param=param)
+    return str(folder)
 
 
 def model_folder_option(ctx, param, value: str | None) -> str | None:
@@ -354,8 +375,8 @@ def machine_options(config):
 @machine_options(TrainConfig)
 @click.option("--max-seconds", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Fit the run into this many seconds: the step count comes from the warmup's pace and is recorded.")
-@click.option("--init-from", default=None,
-              help="Model folder to go on training from (same --channels, --prediction-type and schedule); "
+@click.option("--init-from", default=None, callback=existing_model_folder, metavar="NAME|FOLDER",
+              help="Model folder (or shipped name) to go on training from (same --channels, --prediction-type and schedule); "
                    "novarch.json records it.")
 @click.option("--ckpt-dir", default=None, callback=model_folder_option, help="Folder for periodic EMA checkpoints.")
 @click.option("--ckpt-every", default=TrainConfig.ckpt_every, show_default=True, type=POSITIVE,
@@ -373,6 +394,10 @@ def main(**kwargs) -> None:
         folder = train(cfg)
     except StartWeightsError as err:  # raised before anything is written
         raise click.UsageError(str(err)) from err
+    except KeyboardInterrupt:  # the weights are written at the end only: say what an interrupted run leaves
+        kept = f"; the last checkpoint is in {cfg.ckpt_dir}" if cfg.ckpt_dir else " (--ckpt-dir keeps checkpoints)"
+        click.echo(f"interrupted: no weights saved in {cfg.out}, its train_log.jsonl has the losses so far{kept}", err=True)
+        raise
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     click.echo(f"saved {folder} ({size / 1e6:.1f} MB)")
 
