@@ -98,11 +98,12 @@ def run_job(spec, as_json: bool) -> None:
 
         enable_token_auth()  # before Ray is imported: a running cluster has token auth on
     from novarch_batch.pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
-    from novarch_batch.pipeline.cluster import Terminated
+    from novarch_batch.pipeline.cluster import is_sigterm, stop_like_ctrl_c_on_sigterm
     from novarch_batch.pipeline.lease import JobBusy
     from novarch_batch.pipeline.progress import Progress
     from novarch_batch.storage import StorageError
 
+    stop_like_ctrl_c_on_sigterm()  # from the start: a SIGTERM before Ray runs releases the lease too
     progress = Progress()
     progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
     try:
@@ -114,8 +115,8 @@ def run_job(spec, as_json: bool) -> None:
         fail(str(e), EXIT_USAGE)
     except (driver.JobFailed, StorageError, JobBusy) as e:
         fail(str(e), EXIT_RUNTIME)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM once Ray runs (cluster.Terminated): 128 + the signal
-        signal_name, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cluster.Terminated): 128 + the signal
+        signal_name, code = ("terminated", 143) if is_sigterm(e) else ("interrupted", 130)
         fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -57,15 +57,37 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, docker stop, a scheduler, the Jobs API stopping a job) reached the driver."""
 
 
+_sigterm_received = threading.Event()
+
+
 def _raise_terminated(signum, frame) -> None:
+    _sigterm_received.set()
     raise Terminated()
 
 
 def stop_like_ctrl_c_on_sigterm() -> None:
-    """After ray.init, whose own SIGTERM handler dumps a crash report and aborts (exit 134): a
-    SIGTERM then unwinds the driver as Ctrl-C does, releasing the job's lease on the way out."""
+    """From here on a SIGTERM unwinds the driver as Ctrl-C does, releasing the job's lease on the way
+    out: set before the job starts, and again after ray.init, which puts its own handler in."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def is_sigterm(interrupt: KeyboardInterrupt) -> bool:
+    """Whether SIGTERM (not Ctrl-C) stopped the driver. Ray's waits (CoreWorker.wait) replace the
+    handler's Terminated with a plain KeyboardInterrupt, so the handler also leaves a mark."""
+    return isinstance(interrupt, Terminated) or _sigterm_received.is_set()
+
+
+def _init_ray(**kwargs) -> None:
+    """ray.init, whose own SIGTERM handler exits with code 15 mid-start: that becomes Terminated too."""
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exit_:
+        if exit_.code != signal.SIGTERM:
+            raise
+        _sigterm_received.set()
+        raise Terminated() from None
+    stop_like_ctrl_c_on_sigterm()
 
 
 def connect(address: str | None) -> bool:
@@ -81,14 +103,12 @@ def connect(address: str | None) -> bool:
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     address = address or os.environ.get("RAY_ADDRESS")  # set for a driver run by the Jobs API
     if address:
-        ray.init(address=address, **kwargs)
-        stop_like_ctrl_c_on_sigterm()
+        _init_ray(address=address, **kwargs)
         return False
     # Ray turns token authentication on for a new local instance and says so on every start; for a
     # private instance of one job that notice is noise on the user's terminal (the protection stays).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
-    stop_like_ctrl_c_on_sigterm()
+    _init_ray(address="local", num_cpus=os.cpu_count(), **kwargs)
     return True
 
 
