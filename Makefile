@@ -6,12 +6,16 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: run test setup clean
 
-# torch is pinned to the CPU build first so that the project's plain `torch>=2.4`
-# requirement adds nothing (no multi-GB CUDA download on CPU machines).
+# torch is installed first, so that the project's plain `torch>=2.4` requirement adds nothing.
+# Which build comes depends on pip's indexes: where a CPU wheel is on pip's find-links (this
+# project's CI machines) it is that one; PyPI's Linux wheel is the CUDA build (GBs with its CUDA
+# libraries). On a CPU-only machine pass PyTorch's CPU index, e.g.
+#   make run TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

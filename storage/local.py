@@ -152,3 +152,17 @@ class LocalStorage:
             raise StorageError(f"--out {self.url}: {probe} is a file, not a folder; choose another --out")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise StorageError(f"--out {self.url}: {probe} is not writable; choose a folder you can write to")
+        # Permissions do not say everything (root passes os.access where /proc or a full disk refuses):
+        # the missing folders are made, then removed again.
+        missing = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
+        made = []
+        try:
+            for folder in reversed(missing):
+                folder.mkdir()
+                made.append(folder)
+        except OSError as e:
+            raise StorageError(f"--out {self.url}: cannot create {folder} ({e.strerror}); choose a folder you can write to") from None
+        finally:
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()

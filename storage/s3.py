@@ -383,7 +383,7 @@ class S3Storage:
             if code == "NoSuchBucket":
                 return StorageError(
                     f"{where}: bucket '{self.bucket}' does not exist; create it "
-                    f"(e.g. `aws s3 mb s3://{self.bucket}`) or fix --out"
+                    f"(e.g. `aws s3 mb s3://{self.bucket}`) or correct the bucket name in the URL"
                 )
             if code in _NOT_FOUND_CODES:
                 return StorageError(f"{where}: not found")

@@ -30,6 +30,7 @@ CASES = [
     (["--count", "8", "--out", "s3://"], "no bucket"),
     (["--count", "8", "--out", "s3://Bad_Bucket!/x"], "'Bad_Bucket!' is not a bucket name"),
     (["--count", "8", "--out", "file://relative"], "a file URL names an absolute path, file:///PATH (three slashes)"),
+    (["--count", "8", "--out", "/proc/novarch-nope/x"], "--out /proc/novarch-nope/x: cannot create /proc/novarch-nope (No such file or directory)"),
     (["--count", "8", "--cluster", "notaurl"], "'notaurl' is not a Ray Jobs API address; use http://HEAD:8265"),
     (["--count", "8", "--cluster", "head:port"], "'head:port' is not a Ray Jobs API address; use http://HEAD:8265"),
 ]

@@ -3,9 +3,12 @@ against jobs on the embedded S3 server, so the documentation cannot drift from w
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,29 @@ def test_reader_snippet_runs_against_a_job_on_s3(reader, s3_jobs, s3_env, monkey
     namespace: dict = {}
     exec(compile(code, f"<docs snippet {reader}>", "exec"), namespace)
     check(namespace)
+
+
+def test_the_webdataset_snippet_leaves_a_large_tar_quietly(s3_jobs, s3_env, monkeypatch):
+    """Its loop leaves the first tar after one sample: the `pipe:` download of a tar larger than a pipe's
+    buffer (64 KiB) is then cut short, and must stop as `cat` would, without a BrokenPipeError traceback."""
+    from novarch_batch.storage import open_storage
+
+    small = tarfile.open(fileobj=io.BytesIO(open_storage(s3_jobs["webdataset"]).get_bytes("webdataset/part-00000.tar")))
+    members = [(m.name, small.extractfile(m).read()) for m in small.getmembers()]
+    large = io.BytesIO()
+    with tarfile.open(fileobj=large, mode="w") as tar:
+        for copy in range(200):  # the job's samples under other keys
+            for name, data in members:
+                info = tarfile.TarInfo(f"{copy:04d}-{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert large.tell() > 1 << 20
+    job = s3_jobs["webdataset"] + "-large-tar"
+    store = open_storage(job)
+    store.put_bytes("job.json", json.dumps({"shard_plan": {"num_shards": 1}}).encode())
+    store.put_bytes("webdataset/part-00000.tar", large.getvalue())
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # `python` of pipe: URLs
+    script = snippets()["webdataset"].replace(PLACEHOLDER, job) + "\nprint(row['id'], image.size)\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "0 (32, 32)\n", done.stdout + done.stderr[-2000:]
+    assert done.stderr == "", done.stderr[-2000:]

@@ -120,7 +120,7 @@ def test_missing_bucket(s3_env, s3_server):
         S3Storage.from_url("s3://no-such-bucket/p").check_writable()
     assert str(err.value) == (
         "s3://no-such-bucket/p: bucket 'no-such-bucket' does not exist; "
-        "create it (e.g. `aws s3 mb s3://no-such-bucket`) or fix --out"
+        "create it (e.g. `aws s3 mb s3://no-such-bucket`) or correct the bucket name in the URL"
     )
     assert_clean(str(err.value), s3_server)
 

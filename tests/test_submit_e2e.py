@@ -244,7 +244,7 @@ def test_dry_run_prints_a_plan_and_writes_nothing(tmp_path):
     from pathlib import Path
 
     cli = str(Path(sys.executable).with_name("novarch-batch"))
-    proc = subprocess.run([cli, "submit", "--count", "5000", "--steps", "2", "--out", str(tmp_path / "o"), "--dry-run", "--json"],
+    proc = subprocess.run([cli, "submit", "--count", "5000", "--steps", "2", "--out", str(tmp_path / "o" / "deeper"), "--dry-run", "--json"],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)

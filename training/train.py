@@ -355,7 +355,7 @@ def machine_options(config):
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(1, MAX_BATCH),
               help="Images per optimizer step, painted fresh each step (never repeated).")
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="AdamW's peak learning rate, after a linear warmup, then cosine decay to zero.")
+              help="AdamW's peak learning rate, after a linear warmup, then cosine decay to 10% of it.")
 @click.option("--warmup", default=TrainConfig.warmup, show_default=True, type=click.IntRange(min=0),
               help="Steps of linear learning-rate warmup (more than 20 with --max-seconds, which times them).")
 @click.option("--ema-decay", default=TrainConfig.ema_decay, show_default=True, type=click.FloatRange(0, 1, max_open=True),

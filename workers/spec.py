@@ -202,7 +202,7 @@ class SamplingConfig:
                                  "ends at T too). The image is "
                                  "that step's clean-image estimate, softened from t = 99, sharp from t <= 15: at guidance 2, "
                                  "FD to the floor 33 -> 10 for building, 27 -> 15 for house, at the same cost (MODEL.md). "
-                                 f"{TRAILING_GRID} with --spacing trailing = the plain trailing grid; --sampler distilled keeps the student's grid.",
+                                 f"{TRAILING_GRID} with --spacing trailing = the plain trailing grid; --sampler distilled samples the student's own grid (another value is refused).",
                                  metavar="T", before=TRAILING_GRID)
     spacing: str = option("karras", "Where the steps lie: trailing = evenly in t from 999 (999, 899, ... at 10 steps); "
                           "karras = a first step from pure noise, then evenly in sigma^(1/7) (Karras et al. 2022) from "
@@ -211,7 +211,7 @@ class SamplingConfig:
                           "building / house / any (over five seeds: building 3.6-5.1, house 7.0-14.4; trailing, guided "
                           "1.5: 9.5 / 7.3 / 4.7 in 13 evaluations, house 4.4-7.3 over five seeds); for the "
                           "deterministic dpmpp-2m at 10 steps 19 -> 4.5 for any (DDPM-1000: 4.8) (MODEL.md, 'Where the "
-                          f"steps lie'). At most {KARRAS_MAX_STEPS} steps; --sampler distilled keeps the student's grid.",
+                          f"steps lie'). At most {KARRAS_MAX_STEPS} steps; --sampler distilled samples the student's own grid (another value is refused).",
                           choices=SPACINGS, before="trailing")
     eta: float = option(0.0, "DDIM noise scale (--sampler ddim only): 0 deterministic, 1 ancestral.", metavar="E")
     seed: int = option(0, "Base seed; image i uses a seed derived from (S, i) only.", metavar="S", column=None)
