@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import click
 
 from novarch_batch.pipeline.cli_options import spec_fields, spec_options
+from novarch_batch.pipeline.interrupts import is_sigterm, sigterm_as_interrupt
 from novarch_batch.pipeline.spec import SpecError, build_spec, retry_delay_s
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
@@ -47,11 +48,11 @@ def jobs_api_address(ctx, param, value: str | None) -> str | None:
     address = value if "://" in value else f"http://{value}"
     url = urlsplit(address)
     try:
-        port_ok = "://" in value or url.port is not None
+        port_ok = url.port is not None or "://" in value  # http(s):// may leave the port to its scheme
     except ValueError:  # HOST:notaport
         port_ok = False
-    if url.scheme.lower() not in ("http", "https") or not url.hostname or not port_ok:
-        raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use http://HEAD:8265")
+    if url.scheme.lower() not in ("http", "https") or not url.hostname or not port_ok or any(c.isspace() for c in value):
+        raise click.BadParameter(f"'{value}' is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265")
     return address
 
 
@@ -98,26 +99,30 @@ def run_job(spec, as_json: bool) -> None:
 
         enable_token_auth()  # before Ray is imported: a running cluster has token auth on
     from novarch_batch.pipeline import driver  # imports Ray: only after the --cluster branch set up its auth mode
-    from novarch_batch.pipeline.cluster import is_sigterm, stop_like_ctrl_c_on_sigterm
     from novarch_batch.pipeline.lease import JobBusy
     from novarch_batch.pipeline.progress import Progress
     from novarch_batch.storage import StorageError
 
-    stop_like_ctrl_c_on_sigterm()  # from the start: a SIGTERM before Ray runs releases the lease too
-    progress = Progress()
-    progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
-    try:
-        # Ray's own notices (a lost node's raylet, say) are printed to stdout from its threads:
-        # send them to stderr, so stdout carries the summary alone (--json readers parse it).
-        with contextlib.redirect_stdout(sys.stderr):
-            report = driver.run(spec, progress)
-    except SpecError as e:
-        fail(str(e), EXIT_USAGE)
-    except (driver.JobFailed, StorageError, JobBusy) as e:
-        fail(str(e), EXIT_RUNTIME)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cluster.Terminated): 128 + the signal
-        signal_name, code = ("terminated", 143) if is_sigterm(e) else ("interrupted", 130)
-        fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
+    with sigterm_as_interrupt():  # from the first line to Ray's shutdown
+        try:
+            progress = Progress()
+            progress.note(f"job {spec.job_id}: {spec.count} images in {spec.num_shards} shards -> {spec.output.out.rstrip('/')}/{spec.job_id}")
+            # Ray's own notices (a lost node's raylet, say) are printed to stdout from its threads:
+            # send them to stderr, so stdout carries the summary alone (--json readers parse it).
+            with contextlib.redirect_stdout(sys.stderr):
+                report = driver.run(spec, progress)
+            print_report(report, as_json)
+            driver.release()
+        except SpecError as e:
+            fail(str(e), EXIT_USAGE)
+        except (driver.JobFailed, StorageError, JobBusy) as e:
+            fail(str(e), EXIT_RUNTIME)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: 128 + the signal
+            signal_name, code = ("terminated", 143) if is_sigterm(e) else ("interrupted", 130)
+            fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
+
+
+def print_report(report, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.already_complete:
@@ -129,7 +134,6 @@ def run_job(spec, as_json: bool) -> None:
             f"{report.seconds:.1f} s, {report.images_per_second:.1f} images/s, {report.retries} retries; {report.actors or 'no actors needed'}"
             + "".join(f"\n  {what}: {command}" for what, command in next_steps(report.url))
         )
-    driver.release()
 
 
 def next_steps(job_url: str) -> list[tuple[str, str]]:
@@ -313,7 +317,7 @@ def train(ctx):
     """Train NovArch-tiny, from scratch or on from a model folder (`--init-from`); `novarch-batch train --help` has its flags, MODEL.md the shipped runs."""
     from novarch_batch.training.train import main as train_main  # imported here: diffusers' import costs every other command ~2 s
 
-    train_main.main(args=ctx.args, prog_name="novarch-batch train", standalone_mode=False)  # its errors and Ctrl-C reach main(): one line
+    train_main.main(args=ctx.args, prog_name="novarch-batch train", standalone_mode=False)  # its errors and Ctrl-C reach main()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
@@ -322,7 +326,7 @@ def distill(ctx):
     """Distil NovArch v2 into the few-step student that --sampler distilled samples (`novarch-batch distill --help`; MODEL.md)."""
     from novarch_batch.training.distill import main as distill_main  # imported here, as train: diffusers costs ~2 s
 
-    distill_main.main(args=ctx.args, prog_name="novarch-batch distill", standalone_mode=False)  # its errors and Ctrl-C reach main(): one line
+    distill_main.main(args=ctx.args, prog_name="novarch-batch distill", standalone_mode=False)  # its errors and Ctrl-C reach main()
 
 
 def main() -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from dataclasses import dataclass
 
 import ray
 
 from novarch_batch.pipeline.autoscaler import max_gpus
+from novarch_batch.pipeline.interrupts import Terminated, stop_like_ctrl_c_on_sigterm
 from novarch_batch.workers.spec import GPU_ENCODE_PROCESSES, RunConfig, SpecError
 
 
@@ -53,41 +53,17 @@ class ActorResources:
         return f"each asks for {request}; no node has a free CPU: add CPU nodes or lower --actors"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, docker stop, a scheduler, the Jobs API stopping a job) reached the driver."""
-
-
-_sigterm_received = threading.Event()
-
-
-def _raise_terminated(signum, frame) -> None:
-    _sigterm_received.set()
-    raise Terminated()
-
-
-def stop_like_ctrl_c_on_sigterm() -> None:
-    """From here on a SIGTERM unwinds the driver as Ctrl-C does, releasing the job's lease on the way
-    out: set before the job starts, and again after ray.init, which puts its own handler in."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def is_sigterm(interrupt: KeyboardInterrupt) -> bool:
-    """Whether SIGTERM (not Ctrl-C) stopped the driver. Ray's waits (CoreWorker.wait) replace the
-    handler's Terminated with a plain KeyboardInterrupt, so the handler also leaves a mark."""
-    return isinstance(interrupt, Terminated) or _sigterm_received.is_set()
-
-
 def _init_ray(**kwargs) -> None:
-    """ray.init, whose own SIGTERM handler exits with code 15 mid-start: that becomes Terminated too."""
+    """ray.init, whose own SIGTERM handler exits with code 15 mid-start (that becomes Terminated), and
+    stays in place after it: ours is put back however ray.init ends."""
     try:
         ray.init(**kwargs)
     except SystemExit as exit_:
         if exit_.code != signal.SIGTERM:
             raise
-        _sigterm_received.set()
         raise Terminated() from None
-    stop_like_ctrl_c_on_sigterm()
+    finally:
+        stop_like_ctrl_c_on_sigterm()
 
 
 def connect(address: str | None) -> bool:

@@ -7,6 +7,7 @@ token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token and is never printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -14,6 +15,7 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +37,23 @@ class ClusterError(RuntimeError):
     """The cluster could not be reached or refused the request; the message names the fix."""
 
 
+@contextlib.contextmanager
+def without_env(*names: str) -> Iterator[None]:
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def client(address: str):
     enable_token_auth()
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        with without_env("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):  # Ray's client would take either over --cluster
+            return JobSubmissionClient(address)
     except AuthenticationError:
         raise ClusterError(f"--cluster {address}: authentication failed; set RAY_AUTH_TOKEN (or copy the head's ~/.ray/auth_token here)") from None
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -142,7 +142,11 @@ class Lease:
             pass
 
     def __enter__(self) -> "Lease":
-        self.acquire()
+        try:
+            self.acquire()
+        except BaseException:  # refused, or interrupted mid-way: give back whatever part is ours
+            self.release()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

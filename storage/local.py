@@ -152,17 +152,9 @@ class LocalStorage:
             raise StorageError(f"--out {self.url}: {probe} is a file, not a folder; choose another --out")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise StorageError(f"--out {self.url}: {probe} is not writable; choose a folder you can write to")
-        # Permissions do not say everything (root passes os.access where /proc or a full disk refuses):
-        # the missing folders are made, then removed again.
-        missing = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
-        made = []
+        # Permissions do not say everything (root passes os.access where /proc or a read-only mount
+        # refuses): a folder of a name no other driver uses is made in it and removed again.
         try:
-            for folder in reversed(missing):
-                folder.mkdir()
-                made.append(folder)
+            os.rmdir(tempfile.mkdtemp(prefix=".novarch-probe-", dir=probe))
         except OSError as e:
-            raise StorageError(f"--out {self.url}: cannot create {folder} ({e.strerror}); choose a folder you can write to") from None
-        finally:
-            for folder in reversed(made):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            raise StorageError(f"--out {self.url}: cannot create a folder in {probe} ({e.strerror}); choose a folder you can write to") from None

@@ -30,9 +30,9 @@ CASES = [
     (["--count", "8", "--out", "s3://"], "no bucket"),
     (["--count", "8", "--out", "s3://Bad_Bucket!/x"], "'Bad_Bucket!' is not a bucket name"),
     (["--count", "8", "--out", "file://relative"], "a file URL names an absolute path, file:///PATH (three slashes)"),
-    (["--count", "8", "--out", "/proc/novarch-nope/x"], "--out /proc/novarch-nope/x: cannot create /proc/novarch-nope (No such file or directory)"),
-    (["--count", "8", "--cluster", "notaurl"], "'notaurl' is not a Ray Jobs API address; use http://HEAD:8265"),
-    (["--count", "8", "--cluster", "head:port"], "'head:port' is not a Ray Jobs API address; use http://HEAD:8265"),
+    (["--count", "8", "--cluster", "notaurl"], "'notaurl' is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265"),
+    (["--count", "8", "--cluster", "head:port"], "'head:port' is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265"),
+    (["--count", "8", "--cluster", "http://head:port"], "'http://head:port' is not a Ray Jobs API address"),
 ]
 
 
@@ -119,6 +119,17 @@ def test_unwritable_out(tmp_path, monkeypatch, capsys):
     assert "choose another --out" in err or "choose a folder you can write to" in err, err
     assert not target.exists()
 
+
+def test_an_out_that_permissions_allow_but_the_system_refuses(tmp_path, monkeypatch, capsys):
+    """As root, os.access lets /proc pass; a folder really made (and removed) there is refused up front."""
+    from novarch_batch.storage import local
+
+    monkeypatch.setattr(local.os, "access", lambda *args: True)  # root's view, whoever runs the test
+    code = run_cli(["--count", "8", "--out", "/proc/novarch-nope/x"], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == ("novarch-batch: error: --out /proc/novarch-nope/x: cannot create a folder in /proc "
+                                         "(No such file or directory); choose a folder you can write to")
+    assert list(tmp_path.iterdir()) == []
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "pickle", "empty"])
 def test_bad_model_folder(kind, tmp_path, monkeypatch, capsys, model_dir):
@@ -232,18 +243,24 @@ def test_help_of_train_and_distill_through_the_entry_point(monkeypatch, capsys):
 
 
 def test_train_takes_a_shipped_name_and_an_interrupted_run_says_what_it_left(tmp_path, monkeypatch, capsys):
-    """--init-from resolves a shipped name as submit's --model does; Ctrl-C names what is (not) saved, exit 130."""
+    """--init-from resolves a shipped name as submit's --model does; Ctrl-C (here at the fourth step)
+    names what the run leaves: no weights, the log so far, the last checkpoint; exit 130."""
     from novarch_batch.training import train as training
-    from novarch_batch.workers.model import default_model_dir
 
-    started = []
+    step = training.optimizer_step
+    calls = []
 
-    def interrupted(cfg):
-        started.append(cfg)
-        raise KeyboardInterrupt
+    def interrupted_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train", interrupted)
-    code = run_cli(["--out", "model", "--init-from", "novarch-tiny", "--ckpt-dir", "ckpt"], monkeypatch, tmp_path, command="train")
+    monkeypatch.setattr(training, "optimizer_step", interrupted_at_the_fourth)
+    code = run_cli(["--out", "model", "--init-from", "novarch-tiny", "--ckpt-dir", "ckpt", "--ckpt-every", "2", "--log-every", "1",
+                    "--steps", "100", "--batch-size", "4", "--data-workers", "0", "--threads", "1"], monkeypatch, tmp_path, command="train")
     err = capsys.readouterr().err
-    assert code == 130 and started[0].init_from == str(default_model_dir("novarch-tiny"))
-    assert "interrupted: no weights saved in model, its train_log.jsonl has the losses so far; the last checkpoint is in ckpt" in err
+    assert code == 130, err
+    assert (f"interrupted: no weights saved in model; {Path('model') / 'train_log.jsonl'} has the losses up to step 3; "
+            "the last checkpoint, of step 2, is in ckpt") in err
+    assert not (tmp_path / "model" / "diffusion_pytorch_model.safetensors").exists()

@@ -125,7 +125,7 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
                             env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
     try:
         if moment == "before Ray runs":
-            assert proc.stderr.readline().startswith("job novarch-")  # printed before the driver imports Ray
+            assert proc.stderr.readline().startswith("job novarch-")  # printed before Ray starts
         elif moment == "while Ray starts":
             wait_for(lambda: list(out.glob("*/_LEASE")), 120, "the job's lease", interval=0.02)  # then Ray starts
         else:

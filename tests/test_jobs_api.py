@@ -121,7 +121,7 @@ def test_what_cannot_reach_the_cluster_is_refused_on_the_laptop(flags, message, 
 
 def test_unreachable_cluster_is_one_line(laptop_env):
     # scheme-less HOST:PORT is the Jobs API over http (Ray's client alone would wait ~40 s for a GCS there)
-    done = run_cli(laptop_env, "submit", "--count", "4", "--out", "s3://novarch/x", "--cluster", f"127.0.0.1:{free_port()}", timeout=20)
+    done = run_cli(laptop_env, "submit", "--count", "4", "--out", "s3://novarch/x", "--cluster", f"127.0.0.1:{free_port()}", timeout=90)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("novarch-batch: error: --cluster http://127.0.0.1:")
 
@@ -160,10 +160,12 @@ def test_every_spec_field_reaches_the_head_unchanged(head, laptop_env, s3_url):
 
 
 def test_an_unknown_submission_or_a_bad_address_is_one_line(head, laptop_env):
+    # A RAY_ADDRESS in the shell (here a dead one) does not take over --cluster, as it would in Ray's client
+    elsewhere = {**laptop_env, "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}"}
     for args in (["status", "nosuch"], ["logs", "nosuch", "--follow"]):  # logs and stop ask as status does (cli._ask)
-        done = run_cli(laptop_env, "jobs", *args, "--cluster", head, timeout=60)
+        done = run_cli(elsewhere, "jobs", *args, "--cluster", head, timeout=60)
         assert done.returncode == 1, done.stderr
         assert done.stderr.strip() == (f"novarch-batch: error: no submission nosuch on {head}; "
                                        f"`novarch-batch jobs list --cluster {head}` lists them")
     done = run_cli(laptop_env, "jobs", "list", "--cluster", "ftp://head:8265", timeout=60)
-    assert done.returncode == 2 and "is not a Ray Jobs API address; use http://HEAD:8265" in done.stderr
+    assert done.returncode == 2 and "is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265" in done.stderr

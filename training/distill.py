@@ -37,6 +37,7 @@ from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, existing_model_folder, hardware_name, machine_options,
                                           model_folder_option, optimizer_step, seeded_generator, to_model_range)
 from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
+from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.samplers import Schedule, predict
 from novarch_batch.workers.schedules import alphas_cumprod_for
 from novarch_batch.workers.spec import trailing_timesteps
@@ -160,8 +161,9 @@ def distill(cfg: DistillConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    teacher_folder = fetch_model_folder(cfg.teacher)  # a shipped name or s3:// as given (recorded so)
     try:
-        info = ModelInfo.read(Path(cfg.teacher))
+        info = ModelInfo.read(teacher_folder)
     except ModelError as err:  # its message speaks of --model
         raise TeacherError(str(err).replace("--model", "--teacher", 1)) from None
     config = info.scheduler_config
@@ -170,7 +172,7 @@ def distill(cfg: DistillConfig) -> Path:
                          f"distillation needs a v-prediction teacher such as workers/models/novarch-tiny (NovArch v2)")
     alphas = alphas_cumprod_for(config).to(device)
     schedule = Schedule(alphas, [], bool(config.get("clip_sample", True)), config.get("prediction_type", "epsilon"))
-    teacher = load_unet(Path(cfg.teacher), device).requires_grad_(False)
+    teacher = load_unet(teacher_folder, device).requires_grad_(False)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

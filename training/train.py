@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from novarch_batch.storage import StorageError
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import DEFAULT_CHANNELS, NULL_LABEL, build_scheduler, build_unet, save_model_folder
-from novarch_batch.storage import StorageError
 from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.schedules import alphas_cumprod_for
@@ -221,31 +221,32 @@ def load_start_weights(unet, scheduler, folder: str) -> dict:
     The folder must hold the model this run would build: the same prediction type, noise schedule
     and network (the weights mean nothing under another), else StartWeightsError names the flag to change.
     """
+    given, folder = folder, fetch_model_folder(folder)  # a shipped name or s3:// as given (recorded so)
     try:
-        info = ModelInfo.read(Path(folder))
+        info = ModelInfo.read(folder)
     except ModelError as err:  # its message speaks of --model
         raise StartWeightsError(str(err).replace("--model", "--init-from", 1)) from None
     theirs, ours = info.scheduler_config, dict(scheduler.config)
     predicts = theirs.get("prediction_type", "epsilon")  # diffusers' default
     if predicts != ours["prediction_type"]:
-        raise StartWeightsError(f"--init-from {folder} predicts {predicts}, this run {ours['prediction_type']}: "
+        raise StartWeightsError(f"--init-from {given} predicts {predicts}, this run {ours['prediction_type']}: "
                                 f"pass --prediction-type {predicts}")
     a, b = alphas_cumprod_for(theirs), alphas_cumprod_for(ours)
     if a.shape != b.shape or not torch.allclose(a, b):
         flag = "--zero-terminal-snr" if theirs.get("rescale_betas_zero_snr") else "--no-zero-terminal-snr"
-        raise StartWeightsError(f"--init-from {folder} was trained on another noise schedule: pass {flag} "
+        raise StartWeightsError(f"--init-from {given} was trained on another noise schedule: pass {flag} "
                                 "(or start from a model of this project's schedule)")
-    start = load_unet(Path(folder), torch.device("cpu"))
+    start = load_unet(folder, torch.device("cpu"))
     if tuple(start.config.block_out_channels) != tuple(unet.config.block_out_channels):
-        raise StartWeightsError(f"--init-from {folder} has widths {list(start.config.block_out_channels)}: "
+        raise StartWeightsError(f"--init-from {given} has widths {list(start.config.block_out_channels)}: "
                                 f"pass --channels {','.join(map(str, start.config.block_out_channels))}")
     try:
         unet.load_state_dict(start.state_dict())
     except RuntimeError as err:  # another layout than build_unet's (class count, blocks)
-        raise StartWeightsError(f"--init-from {folder} is not a NovArch-tiny UNet ({str(err).splitlines()[0]})") from None
-    meta_path = Path(folder) / "novarch.json"  # optional in a diffusers folder
+        raise StartWeightsError(f"--init-from {given} is not a NovArch-tiny UNet ({str(err).splitlines()[0]})") from None
+    meta_path = folder / "novarch.json"  # optional in a diffusers folder
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return {"folder": str(folder), "weights_sha256": info.sha256, "steps_done": meta.get("steps_done"),
+    return {"folder": given, "weights_sha256": info.sha256, "steps_done": meta.get("steps_done"),
             "hardware": meta.get("hardware"), "reproduce": meta.get("reproduce")}
 
 
@@ -288,13 +289,34 @@ def reproduce_command(cfg: TrainConfig, steps: int) -> str:
     return "novarch-batch train --out OUT " + " ".join(flags) + f" --device {cfg.device}"
 
 
+def what_is_left(cfg: TrainConfig, started: float) -> str:
+    """What an interrupted run leaves: its weights are written at the end only, its log and checkpoints
+    as it goes (files older than the run are an earlier run's)."""
+    def this_runs(path: Path) -> bool:
+        return path.is_file() and path.stat().st_mtime >= started - 2  # a coarse clock's rounding
+    parts = [f"no weights saved in {cfg.out}"]
+    log = Path(cfg.out) / "train_log.jsonl"
+    lines = log.read_text().splitlines() if this_runs(log) else []
+    if lines:
+        parts.append(f"{log} has the losses up to step {json.loads(lines[-1])['step']}")
+    if not cfg.ckpt_dir:
+        return "; ".join([*parts, "--ckpt-dir keeps checkpoints"])
+    checkpoint = Path(cfg.ckpt_dir) / "novarch.json"
+    if this_runs(checkpoint):
+        parts.append(f"the last checkpoint, of step {json.loads(checkpoint.read_text())['steps_done']}, is in {cfg.ckpt_dir}")
+    else:
+        parts.append(f"no checkpoint yet in {cfg.ckpt_dir}")
+    return "; ".join(parts)
+
+
 MAX_BATCH = 16384  # images painted per step: far above what a GPU run uses (512), and it fits in memory
 POSITIVE = click.IntRange(min=1)
 SEED = click.IntRange(min=0)  # numpy's generators take no negative seed
 
 
 def existing_model_folder(ctx, param, value: str | None) -> str | None:
-    """A model to start from: a folder, s3://…, or a shipped name (novarch-tiny: v2), resolved as submit's --model is."""
+    """A model to start from: a folder, s3://…, or a shipped name (novarch-tiny: v2), checked as submit's
+    --model is; the value stays as given (novarch.json records it so), the run resolves it again."""
     if value is None:
         return None
     try:
@@ -303,7 +325,7 @@ def existing_model_folder(ctx, param, value: str | None) -> str | None:
         raise click.BadParameter(str(err), param=param) from None
     if not folder.is_dir():
         raise click.BadParameter(f"{value} is not a folder; pass a model folder or a shipped name ({', '.join(SHIPPED_MODELS)})", param=param)
-    return str(folder)
+    return value
 
 
 def model_folder_option(ctx, param, value: str | None) -> str | None:
@@ -390,13 +412,13 @@ def main(**kwargs) -> None:
         cfg = TrainConfig(**kwargs)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
+    started = time.time()
     try:
         folder = train(cfg)
     except StartWeightsError as err:  # raised before anything is written
         raise click.UsageError(str(err)) from err
-    except KeyboardInterrupt:  # the weights are written at the end only: say what an interrupted run leaves
-        kept = f"; the last checkpoint is in {cfg.ckpt_dir}" if cfg.ckpt_dir else " (--ckpt-dir keeps checkpoints)"
-        click.echo(f"interrupted: no weights saved in {cfg.out}, its train_log.jsonl has the losses so far{kept}", err=True)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {what_is_left(cfg, started)}", err=True)
         raise
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     click.echo(f"saved {folder} ({size / 1e6:.1f} MB)")
