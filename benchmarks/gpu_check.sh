@@ -15,7 +15,7 @@
 #   DEVICE=cpu BARE_COUNT=64 E2E_COUNT=64 BATCH=16 bash benchmarks/gpu_check.sh   (the CPU rehearsal;
 #   tests/test_gpu_check.py runs a shorter one)
 # The GPU machine has neither Ray nor this project installed: both come from the checkout
-# (benchmarks/from_checkout.sh; Ray from .ray-pack/ray-site.tar.xz, made by bash benchmarks/pack_ray.sh).
+# (benchmarks/from_checkout.sh; Ray and diffusers from .device-pack/site.tar.xz, made by bash benchmarks/pack_device.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-benchmarks/results/gpu}
@@ -112,7 +112,7 @@ fi
 
 E2E=1
 if ! $PY -c "import ray" 2>/dev/null; then
-  echo "== end to end not run: no Ray here and no .ray-pack/ray-site.tar.xz (bash benchmarks/pack_ray.sh)" | tee -a "$RESULTS/not_run.txt"
+  echo "== end to end not run: no Ray here and no .device-pack/site.tar.xz (bash benchmarks/pack_device.sh)" | tee -a "$RESULTS/not_run.txt"
   E2E=0
 fi
 if [ "$E2E_COUNT" = auto ]; then  # whole micro-batches, at least 8 of them

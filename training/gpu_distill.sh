@@ -7,7 +7,8 @@
 #   bash training/gpu_distill.sh            results in $OUT (or runs/gpu-distill)
 #   DEVICE=cpu STEPS_PER_ROUND=2 BATCH=4 DATA_WORKERS=0 COUNT=8 bash training/gpu_distill.sh   (the CPU rehearsal)
 #   MAX_SECONDS=165 SCORE=0 bash training/gpu_distill.sh    (distillation only, in a fixed time)
-# It runs from a checkout without installing it (benchmarks/from_checkout.sh).
+# It runs from a checkout without installing it (benchmarks/from_checkout.sh); on the GPU machine, which
+# lacks diffusers, carry .device-pack (bash benchmarks/pack_device.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-runs/gpu-distill}

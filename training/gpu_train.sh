@@ -13,7 +13,8 @@
 #                                       tar -x: the model folder and its training log), scores-<name>.log
 #   CANDIDATES="v2-w32 v2-w64" bash training/gpu_train.sh     two side by side, sharing the GPU
 #   DEVICE=cpu TRAIN_SECONDS=20 BATCH=8 DATA_WORKERS=1 COUNT=16 SEEDS=10 REFERENCE_STEPS=20 bash training/gpu_train.sh   (the CPU rehearsal)
-# It runs from a checkout without installing it (benchmarks/from_checkout.sh).
+# It runs from a checkout without installing it (benchmarks/from_checkout.sh); on the GPU machine, which
+# lacks diffusers, carry .device-pack (bash benchmarks/pack_device.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STARTED=$SECONDS
