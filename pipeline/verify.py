@@ -15,8 +15,7 @@ from novarch_batch.workers import shard_format
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
 REPAIR = ("delete _SUCCESS (if there) and re-run the same submit: it samples again every shard whose Parquet file or "
-          "images are gone, with identical bytes; a shard that is there but damaged (unreadable, another checksum or rows) "
-          "needs its Parquet file (shards/part-NNNNN.parquet) deleted first")
+          "images are gone, with identical bytes")
 
 
 @dataclass
@@ -29,12 +28,20 @@ class VerifyReport:
     expected_shards: int = 0
     images_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    # Shards committed but damaged (unreadable, another checksum, an image that is not its row's): a
+    # resume trusts a commit and skips them, so the repair names their Parquet files to delete.
+    damaged_shards: list[int] = field(default_factory=list)
     repair: str = ""  # what brings a damaged job back, when there are problems
 
     def problem(self, text: str) -> None:
         self.ok = False
         if len(self.problems) < 50:  # enough to act on; the count below says how bad it is
             self.problems.append(text)
+
+    def damaged(self, shard: int, text: str) -> None:
+        self.problem(text)
+        if shard not in self.damaged_shards:
+            self.damaged_shards.append(shard)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,11 +78,11 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     for k in sorted(committed):
         data = view.shard_bytes(k)  # one download: parsed and hashed
         if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
-            report.problem(f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
+            report.damaged(k, f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
         try:
             table = view.shard_table(k, data)
         except DamagedShard as e:
-            report.problem(str(e).removeprefix(f"{view.url}/"))
+            report.damaged(k, str(e).removeprefix(f"{view.url}/"))
             continue
         shard_ids[k] = table.column("id").to_pylist()
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)
@@ -114,38 +121,49 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         try:
             data = view.image_bytes(row)
         except Exception:
-            report.problem(f"{row['image_key']}: image missing")
+            report.problem(f"{row['image_key']}: image missing")  # a lost image: the resume finds it by listing
             continue
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            report.problem(f"{row['image_key']}: sha256 does not match its Parquet row")
+            report.damaged(row["id"] // view.shard_size, f"{row['image_key']}: sha256 does not match its Parquet row")
+    report.damaged_shards.sort()
     if not report.ok:
-        report.repair = manifest.repair_by_hand(view.job) or REPAIR
+        report.repair = manifest.repair_by_hand(view.job) or repair(report.damaged_shards)
     return report
+
+
+def repair(damaged: list[int]) -> str:
+    """The resume's repair, with the commits of damaged shards to delete first (the resume skips a commit)."""
+    if not damaged:
+        return REPAIR
+    keys = [shard_format.shard_key(k) for k in damaged]
+    named = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more (verify --json lists them)" if len(keys) > 5 else "")
+    return (f"delete _SUCCESS (if there) and the damaged shards' Parquet files ({named}), then re-run the same submit: "
+            "it samples those shards again, and any whose Parquet file or images are gone, with identical bytes")
 
 
 def check_tar(view: JobView, key: str, shard_ids: dict[int, list[int]], report: VerifyReport) -> None:
     """A WebDataset tar holds exactly its shard's samples, each once: <id>.png and <id>.json, the json
     naming that id. A second copy of a member, or a stray one, is a duplicate to a WebDataset reader."""
-    try:
-        names = view.tar_names(key)
-    except (StorageError, tarfile.TarError, OSError) as e:
-        report.problem(f"{key}: not readable as a tar ({str(e).splitlines()[0]})")
-        return
     shard = shard_format.tar_index(key)
     if shard is None:
         report.problem(f"{key}: an image_key names a tar that is not one of the job's")
         return
+    try:
+        names = view.tar_names(key)
+    except (StorageError, tarfile.TarError, OSError) as e:
+        report.damaged(shard, f"{key}: not readable as a tar ({str(e).splitlines()[0]})")
+        return
     expected = Counter(shard_format.image_name(i, ext) for i in shard_ids.get(shard, []) for ext in ("png", "json"))
     found = Counter(names)
     for name, n in sorted((found - expected).items()):
-        report.problem(f"{key}: {'a second ' + name if name in expected else 'unexpected member ' + name}" + (f" ({n}x)" if n > 1 else ""))
+        report.damaged(shard, f"{key}: {'a second ' + name if name in expected else 'unexpected member ' + name}" + (f" ({n}x)" if n > 1 else ""))
     for name in sorted(expected - found):
-        report.problem(f"{key}: member {name} missing")
+        report.damaged(shard, f"{key}: member {name} missing")
     members = view.tar_members(key)
     for i in shard_ids.get(shard, []):
         name = shard_format.image_name(i, "json")
         if name in members and not _is_row_of(members[name], i):  # a missing one is reported above
-            report.problem(f"{key}: {name} is not this sample's row")
+            report.damaged(shard, f"{key}: {name} is not this sample's row")
 
 
 def _is_row_of(data: bytes, sample_id: int) -> bool:

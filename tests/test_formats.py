@@ -236,6 +236,7 @@ def test_verify_finds_a_second_copy_a_stray_and_a_foreign_row_in_a_tar(jobs, tmp
     assert set(report.problems) >= {f"{shard_format.tar_key(0)}: a second 000000001.png",
                                     f"{shard_format.tar_key(0)}: unexpected member 000000999.png",
                                     f"{shard_format.tar_key(0)}: 000000000.json is not this sample's row"}
+    assert report.damaged_shards == [0] and f"the damaged shards' Parquet files ({shard_format.shard_key(0)})" in report.repair
 
 
 def test_verify_reports_an_unreadable_shard_and_a_stray_file_in_shards(jobs, tmp_path):

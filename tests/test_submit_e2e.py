@@ -160,6 +160,30 @@ def test_a_lost_image_is_found_and_made_again_with_identical_bytes(finished_job)
     assert verify(str(job_dir), full=True).ok
 
 
+def test_damage_in_place_is_named_by_verify_and_its_repair_restores_the_bytes(finished_job):
+    """Damage a resume cannot see (it trusts a commit and reads no shard body): a PNG replaced by another
+    valid PNG, a truncated Parquet file. verify names the two commits to delete; done, the re-run makes
+    both shards again, byte for byte."""
+    from novarch_batch.pipeline.verify import verify
+
+    spec, _, job_dir = finished_job
+    png, truncated = job_dir / shard_format.image_key(0, 3), job_dir / shard_format.shard_key(2)
+    originals = {p: p.read_bytes() for p in (png, truncated, job_dir / shard_format.shard_key(0))}
+    png.write_bytes((job_dir / shard_format.image_key(1, 13)).read_bytes())
+    truncated.write_bytes(originals[truncated][: len(originals[truncated]) // 2])
+    assert driver.run(spec).already_complete  # the resume does not read them: only verify finds them
+    checked = verify(str(job_dir), full=True)
+    assert not checked.ok and checked.damaged_shards == [0, 2], checked.problems
+    assert checked.repair.startswith("delete _SUCCESS (if there) and the damaged shards' Parquet files "
+                                     "(shards/part-00000.parquet, shards/part-00002.parquet), then re-run the same submit")
+    for key in ("_SUCCESS", shard_format.shard_key(0), shard_format.shard_key(2)):  # the repair, as printed
+        (job_dir / key).unlink()
+    report = driver.run(spec)
+    assert report.shards_sampled == 2 and report.complete
+    assert {p: p.read_bytes() for p in originals} == originals
+    assert verify(str(job_dir), full=True).ok
+
+
 def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
     from novarch_batch.pipeline.status import status
 
