@@ -81,7 +81,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
     job_url = join(root.url, spec.job_id)
     job = root.child(spec.job_id)
     root.check_readable()  # an unreachable endpoint or a missing bucket fails in seconds, before the data path's retries
-    existing = manifest.read_json(job, manifest.JOB_FILE)
+    existing = manifest.read_job(job)
     if existing is not None:
         manifest.check_same_spec(job, spec, existing)  # refuse a foreign job before taking its lease
         done = manifest.read_json(job, manifest.SUCCESS_FILE)

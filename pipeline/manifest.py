@@ -70,13 +70,32 @@ def read_json(job: Storage, key: str) -> dict | None:
     return document
 
 
+def read_job(job: Storage) -> dict | None:
+    """job.json, or None when absent. Every count and check downstream trusts it, so one whose spec no
+    longer hashes to its spec_hash, or whose shard plan is not its spec's (edited by hand), is a
+    StorageError like a damaged one. An older schema's spec may not rebuild here: its own version checks it."""
+    document = read_json(job, JOB_FILE)
+    if document is None or str(document.get("schema_version")) != shard_format.SCHEMA_VERSION:
+        return document
+    try:
+        spec, plan = JobSpec.from_dict(document["spec"]), document["shard_plan"]
+        intact = spec.spec_hash() == document["spec_hash"] and \
+            (plan["count"], plan["shard_size"], plan["num_shards"]) == (spec.count, spec.output.shard_size, spec.num_shards)
+    except (KeyError, TypeError, ValueError):  # SpecError is a ValueError
+        intact = False
+    if not intact:
+        raise StorageError(f"{job.url}/{JOB_FILE} was edited or damaged (its spec, spec_hash and shard plan disagree); "
+                           f"{DAMAGED_FIX[JOB_FILE]}")
+    return document
+
+
 def prepare_job(job: Storage, spec: JobSpec) -> str:
     """Write job.json for a new job, or check that an existing one is this very spec.
 
     Returns the job's creation time, which every Parquet row carries, so that a resumed job
     rewrites a shard with the same bytes as the first run would have.
     """
-    existing = read_json(job, JOB_FILE)
+    existing = read_job(job)
     if existing is not None:
         check_same_spec(job, spec, existing)
         return existing["created_at"]

@@ -33,7 +33,7 @@ class JobView:
     def open(cls, url: str) -> "JobView":
         storage = open_storage(url)
         storage.check_readable()  # a missing bucket is named as such, an unreachable endpoint fails in seconds
-        job = manifest.read_json(storage, manifest.JOB_FILE)
+        job = manifest.read_job(storage)
         if job is None:
             raise StorageError(f"{url}: no job.json here; pass a job folder, i.e. <out>/<job_id>")
         return cls(url.rstrip("/"), storage, job)

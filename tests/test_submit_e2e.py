@@ -184,6 +184,30 @@ def test_damage_in_place_is_named_by_verify_and_its_repair_restores_the_bytes(fi
     assert verify(str(job_dir), full=True).ok
 
 
+def test_an_edited_job_json_is_refused_by_every_reader_and_the_resume(finished_job):
+    """Counts and checks all trust job.json: a spec edited by hand (count 24 -> 16, shard plan to match)
+    no longer hashes to its spec_hash, and is refused as damaged instead of read as a smaller job."""
+    from novarch_batch.pipeline.status import status
+    from novarch_batch.pipeline.verify import verify
+    from novarch_batch.storage import StorageError
+
+    spec, _, job_dir = finished_job
+    job_json = job_dir / "job.json"
+    original = job_json.read_text()
+    edited = json.loads(original)
+    edited["spec"]["count"] = edited["shard_plan"]["count"] = 16
+    edited["shard_plan"]["num_shards"] = 2
+    job_json.write_text(json.dumps(edited))
+    try:
+        refusal = f"{job_dir}/job.json was edited or damaged (its spec, spec_hash and shard plan disagree); restore it from a copy"
+        for read in (lambda: status(str(job_dir)), lambda: verify(str(job_dir)), lambda: driver.run(spec)):
+            with pytest.raises(StorageError, match=re.escape(refusal)):
+                read()
+    finally:
+        job_json.write_text(original)
+    assert verify(str(job_dir)).ok
+
+
 def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
     from novarch_batch.pipeline.status import status
 
