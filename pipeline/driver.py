@@ -123,7 +123,7 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
                     job.delete(shard_format.shard_key(k))
                 progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: "
                               f"{next(iter(lost.values()))}): sampling them again, with identical bytes")
-            created_at = manifest.prepare_job(job, spec)
+            created_at = manifest.prepare_job(job, spec, committed - set(lost))
             return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
     except cluster.ClusterRefusal:
         if existing is None:

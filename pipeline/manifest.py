@@ -1,10 +1,15 @@
 """job.json (written first) and _SUCCESS (written last): what a job is and proof that it finished."""
 from __future__ import annotations
 
+import io
 import json
 import platform
+from collections.abc import Collection
 from datetime import datetime, timezone
 from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from novarch_batch.pipeline.shards import Shard, num_shards, shard
 from novarch_batch.pipeline.spec import JobSpec, SpecError
@@ -89,19 +94,34 @@ def read_job(job: Storage) -> dict | None:
     return document
 
 
-def prepare_job(job: Storage, spec: JobSpec) -> str:
+def prepare_job(job: Storage, spec: JobSpec, committed: Collection[int] = ()) -> str:
     """Write job.json for a new job, or check that an existing one is this very spec.
 
     Returns the job's creation time, which every Parquet row carries, so that a resumed job
-    rewrites a shard with the same bytes as the first run would have.
+    rewrites a shard with the same bytes as the first run would have. A job.json lost while shards
+    stayed (`committed`) is written again with the creation time read back from one of them.
     """
     existing = read_job(job)
     if existing is not None:
         check_same_spec(job, spec, existing)
         return existing["created_at"]
-    created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    if committed:
+        created_at = shard_created_at(job, min(committed))
+    else:
+        created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     job.put_bytes(JOB_FILE, json.dumps(job_document(spec, created_at), indent=2).encode())
     return created_at
+
+
+def shard_created_at(job: Storage, k: int) -> str:
+    """The job's creation time as a committed shard's rows carry it (job.json's form)."""
+    key = shard_format.shard_key(k)
+    try:
+        table = pq.read_table(io.BytesIO(job.get_bytes(key)), columns=["created_at"])
+        return table.column(0)[0].as_py().isoformat(timespec="microseconds")
+    except (pa.ArrowException, IndexError, AttributeError):
+        raise StorageError(f"{job.url}/{JOB_FILE} is missing and {key}, which would give back the job's creation time, "
+                           f"is unreadable; restore {JOB_FILE} from a copy, or run the job again under another --out") from None
 
 
 def check_same_spec(job: Storage, spec: JobSpec, existing: dict) -> None:

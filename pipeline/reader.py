@@ -35,6 +35,9 @@ class JobView:
         storage.check_readable()  # a missing bucket is named as such, an unreachable endpoint fails in seconds
         job = manifest.read_job(storage)
         if job is None:
+            if storage.list("shards/"):
+                raise StorageError(f"{url}: job.json is missing, yet shards/ is not empty; restore it from a copy, or re-run "
+                                   "the same submit, which writes it again with the shards' creation time")
             raise StorageError(f"{url}: no job.json here; pass a job folder, i.e. <out>/<job_id>")
         return cls(url.rstrip("/"), storage, job)
 

@@ -208,6 +208,26 @@ def test_an_edited_job_json_is_refused_by_every_reader_and_the_resume(finished_j
     assert verify(str(job_dir)).ok
 
 
+def test_a_lost_job_json_comes_back_with_the_shards_creation_time(finished_job):
+    """job.json and a shard deleted: the readers say job.json is missing (not "no job here"); a re-run
+    writes it again with the creation time read back from a shard, so the shard it samples again is
+    byte-identical (a new created_at would change every row of it)."""
+    from novarch_batch.pipeline.status import status
+    from novarch_batch.storage import StorageError
+
+    spec, _, job_dir = finished_job
+    job_json, shard_file = job_dir / "job.json", job_dir / shard_format.shard_key(1)
+    originals = {p: p.read_bytes() for p in (job_json, shard_file)}
+    for p in (job_json, shard_file, job_dir / "_SUCCESS"):
+        p.unlink()
+    with pytest.raises(StorageError, match="job.json is missing, yet shards/ is not empty; restore it from a copy, or re-run"):
+        status(str(job_dir))
+    report = driver.run(spec)
+    assert report.shards_sampled == 1 and report.complete
+    assert shard_file.read_bytes() == originals[shard_file]
+    assert json.loads(job_json.read_text())["created_at"] == json.loads(originals[job_json])["created_at"]
+
+
 def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
     from novarch_batch.pipeline.status import status
 
