@@ -16,6 +16,7 @@ from novarch_batch.pipeline.spec import JobSpec, SpecError
 from novarch_batch.storage import Storage, StorageError, sha256_file
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import read_checksum
+from novarch_batch.workers.seed_hash import sample_seed
 
 JOB_FILE = "job.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -86,7 +87,7 @@ def read_job(job: Storage) -> dict | None:
         spec, plan = JobSpec.from_dict(document["spec"]), document["shard_plan"]
         intact = spec.spec_hash() == document["spec_hash"] and \
             (plan["count"], plan["shard_size"], plan["num_shards"]) == (spec.count, spec.output.shard_size, spec.num_shards)
-    except (KeyError, TypeError, ValueError):  # SpecError is a ValueError
+    except Exception:  # any field that no longer builds a spec (SpecError is a ValueError; null, 0 steps, ...)
         intact = False
     if not intact:
         raise StorageError(f"{job.url}/{JOB_FILE} was edited or damaged (its spec, spec_hash and shard plan disagree); "
@@ -106,22 +107,40 @@ def prepare_job(job: Storage, spec: JobSpec, committed: Collection[int] = ()) ->
         check_same_spec(job, spec, existing)
         return existing["created_at"]
     if committed:
-        created_at = shard_created_at(job, min(committed))
+        created_at = creation_time_from_shards(job, spec, committed)
     else:
         created_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     job.put_bytes(JOB_FILE, json.dumps(job_document(spec, created_at), indent=2).encode())
     return created_at
 
 
-def shard_created_at(job: Storage, k: int) -> str:
-    """The job's creation time as a committed shard's rows carry it (job.json's form)."""
-    key = shard_format.shard_key(k)
-    try:
-        table = pq.read_table(io.BytesIO(job.get_bytes(key)), columns=["created_at"])
-        return table.column(0)[0].as_py().isoformat(timespec="microseconds")
-    except (pa.ArrowException, IndexError, AttributeError):
-        raise StorageError(f"{job.url}/{JOB_FILE} is missing and {key}, which would give back the job's creation time, "
-                           f"is unreadable; restore {JOB_FILE} from a copy, or run the job again under another --out") from None
+def creation_time_from_shards(job: Storage, spec: JobSpec, committed: Collection[int]) -> str:
+    """The job's creation time as its committed shards' rows carry it, for a job.json written again.
+
+    The first readable shard must be this spec's (schema version, job id, sampling columns, model, its
+    first id and that id's seed): shards of another spec under a reused --job-id, or of an older schema,
+    are refused, never adopted."""
+    unreadable = []
+    for k in sorted(committed):
+        key = shard_format.shard_key(k)
+        try:  # ParquetFile, not pq.read_table: see reader.JobView.shard_table (a crash at exit)
+            parquet = pq.ParquetFile(pa.BufferReader(job.get_bytes(key)))
+            row = parquet.read_row_group(0).slice(0, 1).to_pylist()[0]
+            version = (parquet.schema_arrow.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY, b"").decode()
+        except (pa.ArrowException, OSError, IndexError):
+            unreadable.append(key)
+            continue
+        expected = {**spec.sampling.columns(), "job_id": spec.job_id, "model_sha256": spec.model_sha256,
+                    "id": shard(k, spec.count, spec.output.shard_size).start}
+        ours = version == shard_format.SCHEMA_VERSION and row["seed"] == sample_seed(spec.sampling.seed, row["id"]) and \
+            all(json.dumps(row.get(column)) == json.dumps(value) for column, value in expected.items())
+        if not ours:
+            raise SpecError(f"{job.url}/{JOB_FILE} is missing and {key} was sampled with another spec or novarch-batch "
+                            f"version: restore {JOB_FILE} from a copy, or choose another --job-id or --out")
+        return row["created_at"].isoformat(timespec="microseconds")
+    raise StorageError(f"{job.url}/{JOB_FILE} is missing and the committed shards that would give back the job's creation "
+                       f"time are unreadable ({', '.join(unreadable[:3])}): restore {JOB_FILE} from a copy, or delete them "
+                       "and re-run")
 
 
 def check_same_spec(job: Storage, spec: JobSpec, existing: dict) -> None:

@@ -15,7 +15,7 @@ from novarch_batch.workers import shard_format
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
 REPAIR = ("delete _SUCCESS (if there) and re-run the same submit: it samples again every shard whose Parquet file or "
-          "images are gone, with identical bytes")
+          "images are gone, with identical bytes; a shard whose Parquet file holds the wrong rows needs that file deleted first")
 
 
 @dataclass
@@ -31,6 +31,7 @@ class VerifyReport:
     # Shards committed but damaged (unreadable, another checksum, an image that is not its row's): a
     # resume trusts a commit and skips them, so the repair names their Parquet files to delete.
     damaged_shards: list[int] = field(default_factory=list)
+    _damaged: set[int] = field(default_factory=set, repr=False)
     repair: str = ""  # what brings a damaged job back, when there are problems
 
     def problem(self, text: str) -> None:
@@ -40,11 +41,10 @@ class VerifyReport:
 
     def damaged(self, shard: int, text: str) -> None:
         self.problem(text)
-        if shard not in self.damaged_shards:
-            self.damaged_shards.append(shard)
+        self._damaged.add(shard)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
 def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> VerifyReport:
@@ -55,6 +55,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         report.problem("_SUCCESS is missing: the job did not finish")
     elif success.get("spec_hash") != view.job.get("spec_hash"):
         report.problem("_SUCCESS belongs to another spec than job.json")
+        success = None  # its checksums say nothing of these shards
     listed = {key: shard_format.shard_index(key) for key in view.storage.list("shards/")}  # one listing serves both uses
     committed = {k for k in listed.values() if k is not None}
     report.shards = len(committed)
@@ -87,7 +88,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         shard_ids[k] = table.column("id").to_pylist()
         version = (table.schema.metadata or {}).get(shard_format.SCHEMA_VERSION_KEY)
         if version != expected_version.encode():
-            report.problem(f"{shard_format.shard_key(k)}: schema version {version!r}, expected {expected_version} (job.json)")
+            report.damaged(k, f"{shard_format.shard_key(k)}: schema version {version!r}, expected {expected_version} (job.json)")
         for row in table.select(["id", "image_key", "sha256", "image"]).to_pylist():
             report.rows += 1
             i = row["id"]
@@ -97,11 +98,11 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
                 duplicates += 1
             else:
                 seen[i] = 1
-            # Reservoir sample of rows to re-hash (all of them with --full).
+            # Reservoir sample of rows to re-hash (all of them with --full), with the shard they were read from.
             if full or len(to_check) < sample:
-                to_check.append(row)
+                to_check.append((k, row))
             elif (j := rng.randrange(report.rows)) < sample:
-                to_check[j] = row
+                to_check[j] = (k, row)
     if report.rows != view.count:
         report.problem(f"{report.rows} rows, expected {view.count}")
     if duplicates:
@@ -112,7 +113,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     if absent:
         report.problem(f"{absent} id(s) missing, first: {seen.index(0)}")
     tars_checked = set()
-    for row in sorted(to_check, key=lambda row: row["image_key"]):  # a tar's rows together: one download each
+    for k, row in sorted(to_check, key=lambda pair: pair[1]["image_key"]):  # a tar's rows together: one download each
         container = row["image_key"].partition("#")[0]
         if container.endswith(".tar") and container not in tars_checked:
             tars_checked.add(container)
@@ -124,8 +125,8 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
             report.problem(f"{row['image_key']}: image missing")  # a lost image: the resume finds it by listing
             continue
         if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            report.damaged(row["id"] // view.shard_size, f"{row['image_key']}: sha256 does not match its Parquet row")
-    report.damaged_shards.sort()
+            report.damaged(k, f"{row['image_key']}: sha256 does not match its Parquet row")
+    report.damaged_shards = sorted(report._damaged)
     if not report.ok:
         report.repair = manifest.repair_by_hand(view.job) or repair(report.damaged_shards)
     return report

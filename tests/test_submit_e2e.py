@@ -222,6 +222,9 @@ def test_a_lost_job_json_comes_back_with_the_shards_creation_time(finished_job):
         p.unlink()
     with pytest.raises(StorageError, match="job.json is missing, yet shards/ is not empty; restore it from a copy, or re-run"):
         status(str(job_dir))
+    reused = build_spec(count=COUNT, out=str(job_dir.parent), steps=3, shard_size=10, batch_size=4, actors=2, seed=12, job_id=spec.job_id)
+    with pytest.raises(SpecError, match="part-00000.parquet was sampled with another spec"):  # a reused --job-id adopts nothing
+        driver.run(reused)
     report = driver.run(spec)
     assert report.shards_sampled == 1 and report.complete
     assert shard_file.read_bytes() == originals[shard_file]

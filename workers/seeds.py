@@ -7,19 +7,12 @@ each step's noise when asked; ``PredrawnNoise`` holds a micro-batch's draws made
 """
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import Executor
 from typing import Protocol
 
 import torch
 
-SEED_MASK = (1 << 63) - 1  # torch.Generator.manual_seed takes a non-negative int64
-
-
-def sample_seed(base_seed: int, sample_id: int) -> int:
-    """seed_i = first 8 bytes of BLAKE2b("base:id"): stable across Python, Ray and platforms."""
-    digest = hashlib.blake2b(f"{base_seed}:{sample_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & SEED_MASK
+from novarch_batch.workers.seed_hash import SEED_MASK, sample_seed  # noqa: F401  (the seeds' home for their users)
 
 
 def make_generators(seeds: list[int]) -> list[torch.Generator]:
