@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import ray
 
 from novarch_batch.pipeline.autoscaler import max_gpus
-from novarch_batch.pipeline.interrupts import Terminated, stop_like_ctrl_c_on_sigterm
+from novarch_batch.pipeline.interrupts import Terminated, sigterm_received, stop_like_ctrl_c_on_sigterm
 from novarch_batch.workers.spec import GPU_ENCODE_PROCESSES, RunConfig, SpecError
 
 
@@ -54,16 +54,24 @@ class ActorResources:
 
 
 def _init_ray(**kwargs) -> None:
-    """ray.init, whose own SIGTERM handler exits with code 15 mid-start (that becomes Terminated), and
-    stays in place after it: ours is put back however ray.init ends."""
+    """ray.init with our SIGTERM handler kept: Ray's own (sys.exit(15)) would replace it, and raised
+    where Python ignores exceptions (a logging lock's release) it was swallowed and the job ran on. Ours
+    marks the signal first, so a swallowed one still stops the driver once ray.init returns."""
+    set_handler = getattr(ray._private.utils, "set_sigterm_handler", None)
+    if set_handler is not None:
+        ray._private.utils.set_sigterm_handler = lambda handler: None
     try:
         ray.init(**kwargs)
-    except SystemExit as exit_:
+    except SystemExit as exit_:  # Ray's handler, where the hook above is gone
         if exit_.code != signal.SIGTERM:
             raise
         raise Terminated() from None
     finally:
+        if set_handler is not None:
+            ray._private.utils.set_sigterm_handler = set_handler
         stop_like_ctrl_c_on_sigterm()
+    if sigterm_received():
+        raise Terminated()
 
 
 def connect(address: str | None) -> bool:

@@ -47,6 +47,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _received.clear()
 
 
+def sigterm_received() -> bool:
+    """A SIGTERM came, even one whose exception was swallowed (raised inside a finaliser)."""
+    return _received.is_set()
+
+
 def is_sigterm(interrupt: KeyboardInterrupt) -> bool:
     """Whether SIGTERM (not Ctrl-C) stopped the driver. Ray's waits (CoreWorker.wait) replace the
     handler's Terminated with a plain KeyboardInterrupt, so the handler also leaves a mark."""

@@ -121,7 +121,7 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
     started, Ray's own handler exited 15 without a word, or aborted with a crash report, 134; while the
     driver waited on its actors, Ray's wait turned SIGTERM into a plain KeyboardInterrupt: exit 130.)"""
     out = tmp_path / "terminated"
-    proc = subprocess.Popen(submit_cmd(out, "--steps", "50"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(submit_cmd(out, "--steps", "20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
     try:
         if moment == "before Ray runs":
@@ -130,7 +130,7 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
             wait_for(lambda: list(out.glob("*/_LEASE")), 120, "the job's lease", interval=0.02)  # then Ray starts
         else:
             wait_for(lambda: list(out.glob("*/shards/*.parquet")), 240, "a committed shard", interval=0.02)
-            time.sleep(0.5)  # the driver is back in ray.wait for the next shard (each takes seconds at 50 steps)
+            time.sleep(0.5)  # the driver is back in ray.wait for the next shard (each takes a second or more at 20 steps)
         proc.terminate()
         _, stderr = proc.communicate(timeout=60)
     finally:
