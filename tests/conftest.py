@@ -15,11 +15,14 @@ pytest_plugins = ["tests.fixtures_s3"]
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def ray_token():
+def pytest_configure(config):
     """A local Ray token (~/.ray/auth_token) from the start, whichever test runs first. Ray writes one on
     its first local start, and from then on `ray start --head` turns token authentication on; on a
-    fresh machine the test heads would otherwise differ by test order (with or without a token)."""
+    fresh machine the test heads would otherwise differ by test order (with or without a token).
+    Made once, by the controlling process before any xdist worker starts: two workers' first Rays
+    writing the file at once could leave one of them holding a token the file no longer has."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller has made it
+        return
     subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
                    check=True, capture_output=True, timeout=120)
 

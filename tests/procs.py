@@ -23,8 +23,16 @@ def processes() -> list[tuple[int, str]]:
 
 
 def pids_with_title(fragment: str) -> list[int]:
-    """PIDs whose command line contains fragment (Ray titles actor processes 'ray::Class.method')."""
-    return [pid for pid, cmdline in processes() if fragment in cmdline]
+    """PIDs started by this process (a test's own Ray: its raylet's workers) whose command line contains
+    fragment (Ray titles actor processes 'ray::Class.method'). Never another test process's: the suite
+    runs two at once, each with its own Ray."""
+    return [pid for pid, cmdline in processes() if fragment in cmdline and descends_from(pid, os.getpid())]
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid not in (ancestor, None, 0, 1):
+        pid = parent_pid(pid)
+    return pid == ancestor
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
