@@ -212,13 +212,13 @@ def shards_missing_images(job: Storage, fmt: str, count: int, shard_size: int, i
         return dict(sorted(item for missing in pool.map(missing_in, by_folder) for item in missing.items()))
 
 
-def shard_checksums(job: Storage, shards: list[int], threads: int = 16) -> dict[int, str]:
+def shard_checksums(job: Storage, shards: list[int], threads: int = 16, read=read_checksum) -> dict[int, str]:
     """Committed shards' sha256 from their sidecars (a few bytes each, fetched in parallel): a resume
-    never downloads a shard's body to learn it."""
+    never downloads a shard's body to learn it. `read=sidecar_checksum`: None for a shard without one."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return dict(zip(shards, pool.map(lambda k: read_checksum(job, k), shards)))
+        return dict(zip(shards, pool.map(lambda k: read(job, k), shards)))
 
 
 def write_success(job: Storage, spec: JobSpec, checksums: dict[int, str], stats: dict) -> dict:

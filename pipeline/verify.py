@@ -12,6 +12,7 @@ from novarch_batch.pipeline import manifest
 from novarch_batch.pipeline.reader import DamagedShard, JobView
 from novarch_batch.storage import StorageError
 from novarch_batch.workers import shard_format
+from novarch_batch.workers.commit import sidecar_checksum, sidecar_key
 
 DEFAULT_SAMPLE = 64  # images whose bytes are re-hashed without --full: catches systematic damage cheaply
 REPAIR = ("delete _SUCCESS (if there) and re-run the same submit: it samples again every shard whose Parquet file or "
@@ -76,10 +77,11 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     for k, key in view.shards_missing_images(sorted(committed)).items():
         report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
+    recorded, recorded_in = expected_checksums(view, success, sorted(committed))
     for k in sorted(committed):
         data = view.shard_bytes(k)  # one download: parsed and hashed
-        if success and success.get("shards", {}).get(shard_format.shard_key(k)) not in (None, hashlib.sha256(data).hexdigest()):
-            report.damaged(k, f"{shard_format.shard_key(k)}: checksum differs from _SUCCESS")
+        if recorded.get(k) not in (None, hashlib.sha256(data).hexdigest()):
+            report.damaged(k, f"{shard_format.shard_key(k)}: checksum differs from {recorded_in(k)}")
         try:
             table = view.shard_table(k, data)
         except DamagedShard as e:
@@ -130,6 +132,17 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     if not report.ok:
         report.repair = manifest.repair_by_hand(view.job) or repair(report.damaged_shards)
     return report
+
+
+def expected_checksums(view: JobView, success: dict | None, shards: list[int]):
+    """Each committed shard's sha256 as recorded when it was committed, and where: `_SUCCESS` of a
+    finished job, else the sidecar written just before the commit (an interrupted job's shard rewritten
+    since is named, not only seen as ids counted twice). A shard without either is not compared."""
+    if success:
+        listed = success.get("shards", {})
+        return {k: listed.get(shard_format.shard_key(k)) for k in shards}, lambda k: "_SUCCESS"
+    return (manifest.shard_checksums(view.storage, shards, read=sidecar_checksum),
+            lambda k: f"its commit's sidecar, {sidecar_key(k)}")
 
 
 def repair(damaged: list[int]) -> str:

@@ -253,3 +253,18 @@ def test_verify_reports_an_unreadable_shard_and_a_stray_file_in_shards(jobs, tmp
     assert f"{shard_format.shard_key(0)}: not readable as Parquet" in problems
     assert "shards/part-00001 (copy).parquet: not a shard of this job" in problems
 
+
+
+def test_verify_names_a_rewritten_shard_of_an_unfinished_job_by_its_sidecar(jobs, tmp_path):
+    """No _SUCCESS to compare with (an interrupted job): the checksum written beside each commit names a
+    Parquet file rewritten since, here with another shard's rows, and the repair says to delete it."""
+    import shutil
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["parquet"], copy)
+    (copy / "_SUCCESS").unlink()
+    shutil.copy(copy / shard_format.shard_key(0), copy / shard_format.shard_key(1))
+    report = verify(str(copy), full=True)
+    assert not report.ok
+    assert f"{shard_format.shard_key(1)}: checksum differs from its commit's sidecar, checksums/part-00001.sha256" in report.problems
+    assert report.damaged_shards == [1] and f"the damaged shards' Parquet files ({shard_format.shard_key(1)})" in report.repair

@@ -37,9 +37,15 @@ def commit_shard(storage: Storage, shard: int, data: bytes) -> str:
     return checksum
 
 
-def read_checksum(storage: Storage, shard: int) -> str:
-    """A committed shard's sha256 from its sidecar; shards committed before sidecars existed are hashed."""
+def sidecar_checksum(storage: Storage, shard: int) -> str | None:
+    """The sha256 written beside a shard at its commit, or None where there is none (shards committed
+    before sidecars existed, or a sidecar deleted since)."""
     found = storage.read_versioned(sidecar_key(shard))
     if found is not None and len(found[0].strip()) == 64:
         return found[0].decode().strip()
-    return hashlib.sha256(storage.get_bytes(shard_format.shard_key(shard))).hexdigest()
+    return None
+
+
+def read_checksum(storage: Storage, shard: int) -> str:
+    """A committed shard's sha256 from its sidecar; a shard without one is hashed."""
+    return sidecar_checksum(storage, shard) or hashlib.sha256(storage.get_bytes(shard_format.shard_key(shard))).hexdigest()
