@@ -20,6 +20,11 @@ def _click_type(f, hints: dict):
     return {int: int, float: float, str: str}[kind]
 
 
+def _shown(default) -> str:
+    """A default as a user would type it: 1 and 600, not 1.0 and 600.0."""
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
 def spec_options(command):
     """Add one click option per spec field, in field order. Every option defaults to None, so
     build_spec sees only what the user typed and the dataclass supplies the rest; --help shows
@@ -33,7 +38,7 @@ def spec_options(command):
             if hints[f.name] is bool:
                 decorators.append(click.option(flag_name(f), f.name, is_flag=True, default=None, help=meta["help"]))
                 continue
-            show = meta.get("show") or (None if f.default is None else str(f.default))
+            show = meta.get("show") or (None if f.default is None else _shown(f.default))
             decorators.append(click.option(
                 flag_name(f), f.name, type=_click_type(f, hints), default=None, metavar=meta.get("metavar"),
                 help=meta["help"] + (f"  [default: {show}]" if show else ""),
