@@ -33,16 +33,25 @@ class VerifyReport:
     # resume trusts a commit and skips them, so the repair names their Parquet files to delete.
     damaged_shards: list[int] = field(default_factory=list)
     _damaged: set[int] = field(default_factory=set, repr=False)
+    # Files among a job's own that no shard wrote (a copy, a part beyond the plan): readers of the folder
+    # read them too, and a re-run leaves them, so the repair names them to delete.
+    stray_files: list[str] = field(default_factory=list)
+    _problem_count: int = field(default=0, repr=False)
     repair: str = ""  # what brings a damaged job back, when there are problems
 
     def problem(self, text: str) -> None:
         self.ok = False
+        self._problem_count += 1
         if len(self.problems) < 50:  # enough to act on; the count below says how bad it is
             self.problems.append(text)
 
     def damaged(self, shard: int, text: str) -> None:
         self.problem(text)
         self._damaged.add(shard)
+
+    def stray(self, key: str, text: str) -> None:
+        self.problem(f"{key}: {text}; delete it")
+        self.stray_files.append(key)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -73,7 +82,13 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
                        f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
     for key, index in listed.items():
         if index is None or index >= view.num_shards:
-            report.problem(f"{key}: not a shard of this job, yet every reader of shards/ reads it as one; delete it")
+            report.stray(key, "not a shard of this job, yet every reader of shards/ reads it as one")
+    if manifest.job_format(view.job) == "webdataset":
+        for key in view.storage.list("webdataset/"):  # one listing: a job has a tar per shard
+            index = shard_format.tar_index(key)
+            if index is None or index >= view.num_shards:
+                report.stray(key, "not one of this job's tars, yet a reader of webdataset/ (Ray Data's read_webdataset) "
+                                  "reads its samples too")
     for k, key in view.shards_missing_images(sorted(committed)).items():
         report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
@@ -130,8 +145,18 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
             report.damaged(k, f"{row['image_key']}: sha256 does not match its Parquet row")
     report.damaged_shards = sorted(report._damaged)
     if not report.ok:
-        report.repair = manifest.repair_by_hand(view.job) or repair(report.damaged_shards)
+        report.repair = with_strays(report, manifest.repair_by_hand(view.job) or repair(report.damaged_shards))
     return report
+
+
+def with_strays(report: VerifyReport, fix: str) -> str:
+    """The repair with the stray files first: a re-run does not remove them, and alone they are all of it."""
+    if not report.stray_files:
+        return fix
+    named = ", ".join(report.stray_files[:3]) + (f" and {len(report.stray_files) - 3} more" if len(report.stray_files) > 3 else "")
+    if report._problem_count == len(report.stray_files):
+        return f"delete {named}: nothing else is wrong"
+    return f"delete {named}; then {fix}"
 
 
 def expected_checksums(view: JobView, success: dict | None, shards: list[int]):

@@ -252,6 +252,8 @@ def test_verify_reports_an_unreadable_shard_and_a_stray_file_in_shards(jobs, tmp
     assert f"{shard_format.shard_key(0)}: checksum differs from _SUCCESS" in problems
     assert f"{shard_format.shard_key(0)}: not readable as Parquet" in problems
     assert "shards/part-00001 (copy).parquet: not a shard of this job" in problems
+    assert report.repair.startswith("delete shards/part-00001 (copy).parquet; then delete _SUCCESS (if there) and the damaged "
+                                    f"shards' Parquet files ({shard_format.shard_key(0)})")
 
 
 
@@ -268,3 +270,25 @@ def test_verify_names_a_rewritten_shard_of_an_unfinished_job_by_its_sidecar(jobs
     assert not report.ok
     assert f"{shard_format.shard_key(1)}: checksum differs from its commit's sidecar, checksums/part-00001.sha256" in report.problems
     assert report.damaged_shards == [1] and f"the damaged shards' Parquet files ({shard_format.shard_key(1)})" in report.repair
+
+
+def test_verify_reports_a_stray_tar_that_ray_data_would_read(jobs, tmp_path, ray_local):
+    """A copy of a tar in webdataset/ is read by a reader of the folder, every sample in it a second
+    time (shown with Ray Data, which docs/format.md reads the folder with); verify names it."""
+    import shutil
+
+    import ray
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["webdataset"], copy)
+    shutil.copy(copy / shard_format.tar_key(0), copy / "webdataset" / "part-00000 (copy).tar")
+    samples = ray.data.read_webdataset(str(copy / "webdataset")).count()
+    assert samples > COUNT  # what the stray costs a reader
+    report = verify(str(copy), full=True)
+    assert not report.ok
+    assert report.problems == ["webdataset/part-00000 (copy).tar: not one of this job's tars, yet a reader of webdataset/ "
+                               "(Ray Data's read_webdataset) reads its samples too; delete it"]
+    assert report.stray_files == ["webdataset/part-00000 (copy).tar"]
+    assert report.repair == "delete webdataset/part-00000 (copy).tar: nothing else is wrong"
+    (copy / "webdataset" / "part-00000 (copy).tar").unlink()  # the repair followed
+    assert verify(str(copy), full=True).ok
