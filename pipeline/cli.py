@@ -43,6 +43,9 @@ def jobs_api_address(ctx, param, value: str | None) -> str | None:
     """--cluster: an http(s) address, or a scheme-less HOST:PORT (http); None passes where the option is optional."""
     if value is None:
         return None
+    if "://" not in value and "[" not in value and value.count(":") > 1:  # ::1:8265, an IPv6 host without brackets
+        host, _, port = value.rpartition(":")
+        raise click.BadParameter(f"'{value}': an IPv6 address takes brackets, http://[{host}]:{port}")
     # Ray's JobSubmissionClient reads a scheme-less address as the cluster's GCS (and waits ~40 s on a
     # Jobs API port): HOST:PORT is made an http:// address here; a bare word is refused.
     address = value if "://" in value else f"http://{value}"
@@ -263,7 +266,7 @@ def jobs_stop(submission_id, cluster):
 @click.option("--full", is_flag=True, help="Re-hash every image (default: a random sample of 64).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(job_url, full, as_json):
-    """Check a finished job: _SUCCESS, row count, ids unique and complete, image checksums, schema.
+    """Check a job, finished or not: _SUCCESS, row count, ids unique and complete, shard and image checksums, schema, stray files.
 
     JOB_URL is the job folder, <out>/<job_id>. Exits 1 and lists the problems if any.
     """
@@ -277,7 +280,8 @@ def verify(job_url, full, as_json):
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        shown = f", the first {len(report.problems)} below" if report.problem_count > len(report.problems) else ""
+        verdict = "OK" if report.ok else f"FAILED ({report.problem_count} problem(s){shown})"
         click.echo(f"{verdict}: {report.rows}/{report.expected_rows} rows, {report.shards}/{report.expected_shards} shards, "
                    f"{report.images_checked} image checksum(s) checked at {report.url}")
         for problem in report.problems:

@@ -22,7 +22,7 @@ def _click_type(f, hints: dict):
 
 def _shown(default) -> str:
     """A default as a user would type it: 1 and 600, not 1.0 and 600.0."""
-    return f"{default:g}" if isinstance(default, float) else str(default)
+    return str(int(default)) if isinstance(default, float) and default.is_integer() else str(default)
 
 
 def spec_options(command):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -52,11 +53,28 @@ def find_weed() -> str:
     )
 
 
+# The server's ports lie below the kernel's ephemeral range (32768-60999 by default), which it hands to
+# every other program's bind(0) and outgoing connection: a restart on the same ports (the server stopped
+# for a while, `storage serve` again) finds them still free. Above Ray's worker ports (10002-19999).
+SERVER_PORTS = range(20000, 32768)
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free right now (all held open until all are chosen)."""
+    """``count`` distinct loopback ports free right now, from SERVER_PORTS while it has them (all held open
+    until all are chosen)."""
     sockets = []
     try:
-        for _ in range(count):
+        for port in random.SystemRandom().sample(SERVER_PORTS, 64):
+            if len(sockets) == count:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
+        while len(sockets) < count:  # a crowded range: any free port
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             sockets.append(s)

@@ -36,12 +36,12 @@ class VerifyReport:
     # Files among a job's own that no shard wrote (a copy, a part beyond the plan): readers of the folder
     # read them too, and a re-run leaves them, so the repair names them to delete.
     stray_files: list[str] = field(default_factory=list)
-    _problem_count: int = field(default=0, repr=False)
+    problem_count: int = 0  # all of them; `problems` keeps the first 50
     repair: str = ""  # what brings a damaged job back, when there are problems
 
     def problem(self, text: str) -> None:
         self.ok = False
-        self._problem_count += 1
+        self.problem_count += 1
         if len(self.problems) < 50:  # enough to act on; the count below says how bad it is
             self.problems.append(text)
 
@@ -67,7 +67,7 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         report.problem("_SUCCESS belongs to another spec than job.json")
         success = None  # its checksums say nothing of these shards
     listed = {key: shard_format.shard_index(key) for key in view.storage.list("shards/")}  # one listing serves both uses
-    committed = {k for k in listed.values() if k is not None}
+    committed = {k for k in listed.values() if k is not None and k < view.num_shards}  # one past the plan is a stray
     report.shards = len(committed)
     missing = sorted(set(range(view.num_shards)) - committed)
     if missing:
@@ -81,12 +81,13 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
         report.problem(f"job.json: schema version {expected_version!r}, this novarch-batch reads "
                        f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
     for key, index in listed.items():
-        if index is None or index >= view.num_shards:
+        if (index is None or index >= view.num_shards) and read_by_folder_readers(key):
             report.stray(key, "not a shard of this job, yet every reader of shards/ reads it as one")
     if manifest.job_format(view.job) == "webdataset":
-        for key in view.storage.list("webdataset/"):  # one listing: a job has a tar per shard
+        # Listed again (the lost-image check lists it too): one request per 1,000 tars, for one message that shows it.
+        for key in view.storage.list("webdataset/"):
             index = shard_format.tar_index(key)
-            if index is None or index >= view.num_shards:
+            if (index is None or index >= view.num_shards) and read_by_folder_readers(key):
                 report.stray(key, "not one of this job's tars, yet a reader of webdataset/ (Ray Data's read_webdataset) "
                                   "reads its samples too")
     for k, key in view.shards_missing_images(sorted(committed)).items():
@@ -149,14 +150,24 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     return report
 
 
+def read_by_folder_readers(key: str) -> bool:
+    """Whether a reader of the key's folder opens it as data: pyarrow's datasets and Ray Data skip names
+    that start with '.' or '_', and an S3 folder marker (a key ending in '/') is no file."""
+    name = key.rsplit("/", 1)[-1]
+    return bool(name) and not name.startswith((".", "_"))
+
+
 def with_strays(report: VerifyReport, fix: str) -> str:
     """The repair with the stray files first: a re-run does not remove them, and alone they are all of it."""
     if not report.stray_files:
         return fix
-    named = ", ".join(report.stray_files[:3]) + (f" and {len(report.stray_files) - 3} more" if len(report.stray_files) > 3 else "")
-    if report._problem_count == len(report.stray_files):
-        return f"delete {named}: nothing else is wrong"
-    return f"delete {named}; then {fix}"
+    if report.problem_count == len(report.stray_files):
+        return f"delete {named(report.stray_files)}: nothing else is wrong"
+    return f"delete {named(report.stray_files)}; then {fix}"
+
+
+def named(keys: list[str], shown: int = 5) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more (verify --json lists them)" if len(keys) > shown else "")
 
 
 def expected_checksums(view: JobView, success: dict | None, shards: list[int]):
@@ -174,10 +185,8 @@ def repair(damaged: list[int]) -> str:
     """The resume's repair, with the commits of damaged shards to delete first (the resume skips a commit)."""
     if not damaged:
         return REPAIR
-    keys = [shard_format.shard_key(k) for k in damaged]
-    named = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more (verify --json lists them)" if len(keys) > 5 else "")
-    return (f"delete _SUCCESS (if there) and the damaged shards' Parquet files ({named}), then re-run the same submit: "
-            "it samples those shards again, and any whose Parquet file or images are gone, with identical bytes")
+    return (f"delete _SUCCESS (if there) and the damaged shards' Parquet files ({named([shard_format.shard_key(k) for k in damaged])}), "
+            "then re-run the same submit: it samples those shards again, and any whose Parquet file or images are gone, with identical bytes")
 
 
 def check_tar(view: JobView, key: str, shard_ids: dict[int, list[int]], report: VerifyReport) -> None:

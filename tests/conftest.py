@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray and one real S3 server (SeaweedFS) per test session."""
+"""Shared fixtures: one real local Ray and one real S3 server (SeaweedFS) per test session, that is per
+test process: each of the two xdist workers (pyproject.toml's addopts) has its own."""
 from __future__ import annotations
 
 import os

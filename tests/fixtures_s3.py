@@ -1,4 +1,4 @@
-"""Pytest fixtures for a real S3 server (SeaweedFS), started once per test session.
+"""Pytest fixtures for a real S3 server (SeaweedFS), started once per test session (per xdist worker).
 
 Register with ``pytest_plugins = ["tests.fixtures_s3"]`` in tests/conftest.py, or run
 ``pytest -p tests.fixtures_s3``.

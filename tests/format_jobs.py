@@ -1,5 +1,5 @@
-"""One small job per image-storing --format on the session's S3 server, made once per session
-and shared by tests/test_formats.py (as local copies) and tests/test_readers.py."""
+"""One small job per image-storing --format on the session's S3 server, made once per test process
+(each xdist worker is one) and shared by tests/test_formats.py (as local copies) and tests/test_readers.py."""
 from __future__ import annotations
 
 import functools

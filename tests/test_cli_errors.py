@@ -33,6 +33,7 @@ CASES = [
     (["--count", "8", "--cluster", "notaurl"], "'notaurl' is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265"),
     (["--count", "8", "--cluster", "head:port"], "'head:port' is not a Ray Jobs API address; use the dashboard's, http://HEAD:8265"),
     (["--count", "8", "--cluster", "http://head:port"], "'http://head:port' is not a Ray Jobs API address"),
+    (["--count", "8", "--cluster", "::1:8265"], "'::1:8265': an IPv6 address takes brackets, http://[::1]:8265"),
 ]
 
 

@@ -272,6 +272,40 @@ def test_verify_names_a_rewritten_shard_of_an_unfinished_job_by_its_sidecar(jobs
     assert report.damaged_shards == [1] and f"the damaged shards' Parquet files ({shard_format.shard_key(1)})" in report.repair
 
 
+def test_an_unfinished_job_without_sidecars_is_checked_by_ids_alone(jobs, tmp_path):
+    """Shards committed before sidecars existed (or with them deleted): nothing to compare, nothing
+    reported, and a resume hashes such a shard for _SUCCESS."""
+    import hashlib
+    import shutil
+
+    from novarch_batch.pipeline import manifest
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["parquet"], copy)
+    (copy / "_SUCCESS").unlink()
+    shutil.rmtree(copy / "checksums")
+    report = verify(str(copy), full=True)
+    assert report.problems == ["_SUCCESS is missing: the job did not finish"] and report.damaged_shards == []
+    assert manifest.shard_checksums(open_storage(str(copy)), [0, 1]) == {
+        k: hashlib.sha256((copy / shard_format.shard_key(k)).read_bytes()).hexdigest() for k in (0, 1)}
+
+
+def test_a_shard_past_the_plan_is_a_stray_and_nothing_else(jobs, tmp_path):
+    """part-00099 in a 2-shard job: every reader of shards/ reads it, so it is named and deleted; its rows
+    are not counted as the job's (they would add duplicates and a row count that deleting it repairs)."""
+    import shutil
+
+    copy = tmp_path / "job"
+    shutil.copytree(jobs["parquet"], copy)
+    shutil.copy(copy / shard_format.shard_key(1), copy / shard_format.shard_key(99))
+    (copy / "shards" / "_notes.txt").write_text("skipped by pyarrow and Ray Data, as every name from _ or .")
+    report = verify(str(copy), full=True)
+    assert report.problems == [f"{shard_format.shard_key(99)}: not a shard of this job, yet every reader of shards/ reads it as one; "
+                               "delete it"]
+    assert report.shards == 2 and report.rows == COUNT
+    assert report.repair == f"delete {shard_format.shard_key(99)}: nothing else is wrong"
+
+
 def test_verify_reports_a_stray_tar_that_ray_data_would_read(jobs, tmp_path, ray_local):
     """A copy of a tar in webdataset/ is read by a reader of the folder, every sample in it a second
     time (shown with Ray Data, which docs/format.md reads the folder with); verify names it."""

@@ -11,9 +11,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def readme_rows() -> dict[str, str]:
-    """Each flag of the table's first column, with its row's default cell."""
+    """Each flag of the submit table's first column, with its row's default cell."""
+    text = README.read_text()
+    table = text[text.index("`submit` flags"):].split("\n\n")[1]  # the paragraph after its heading line
     rows = {}
-    for line in README.read_text().splitlines():
+    for line in table.splitlines():
         if line.startswith("| `--"):
             flags, default = [cell.strip() for cell in line.split(" | ")[:2]]
             for flag in re.findall(r"--[a-z][a-z-]*", flags):

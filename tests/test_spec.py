@@ -26,7 +26,8 @@ def test_submit_has_one_option_per_spec_field_with_the_dataclass_default():
         for f in fields(config):
             assert flag_name(f) in help_text
             if f.default not in (None, False, 0) or f.metadata.get("show"):
-                assert f"[default: {f.metadata.get('show') or f.default}]" in help_text
+                typed = int(f.default) if isinstance(f.default, float) and f.default.is_integer() else f.default  # 1, not 1.0
+                assert f"[default: {f.metadata.get('show') or typed}]" in help_text
 
 
 def test_defaults_come_from_the_dataclasses(tmp_path):
