@@ -131,7 +131,9 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
-        if self._thread:
+        # Not started when an interrupt landed inside its start(): join() would raise "cannot join thread
+        # before it is started" over the interrupt, and the lease would stay. One started since sees _stop.
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=HEARTBEAT_SECONDS)
         try:
             if self.conditional and self.version and not self.lost:

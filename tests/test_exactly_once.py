@@ -76,6 +76,22 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_driver(store):
     assert not store.exists(LEASE_KEY)
 
 
+def test_an_interrupt_as_the_heartbeat_starts_gives_the_lease_back(store, monkeypatch):
+    """SIGTERM or Ctrl-C that lands inside the heartbeat thread's start() (seen under load, right after the
+    lease was written): the interrupt comes out, not "cannot join thread before it is started", and the
+    lease is gone, so a re-run need not wait for it to go stale."""
+    from novarch_batch.pipeline.interrupts import Terminated
+
+    def interrupted(thread):
+        raise Terminated()
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    with pytest.raises(Terminated):
+        with Lease(store):
+            pass
+    assert not store.exists(LEASE_KEY)
+
+
 def test_a_store_that_ignores_conditional_writes_is_detected(s3_env, s3_url):
     class IgnoresTheHeader(S3Storage):
         def create(self, key, data):  # what a store without If-None-Match support does: a plain PUT
