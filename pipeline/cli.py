@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import click
 
 from novarch_batch.pipeline.cli_options import spec_fields, spec_options
-from novarch_batch.pipeline.interrupts import is_sigterm, sigterm_as_interrupt
+from novarch_batch.pipeline.interrupts import is_sigterm, sigterm_as_interrupt, sigterm_received
 from novarch_batch.pipeline.spec import SpecError, build_spec, retry_delay_s
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
@@ -116,13 +116,24 @@ def run_job(spec, as_json: bool) -> None:
                 report = driver.run(spec, progress)
             print_report(report, as_json)
             driver.release()
-        except SpecError as e:
-            fail(str(e), EXIT_USAGE)
-        except (driver.JobFailed, StorageError, JobBusy) as e:
-            fail(str(e), EXIT_RUNTIME)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: 128 + the signal
-            signal_name, code = ("terminated", 143) if is_sigterm(e) else ("interrupted", 130)
-            fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
+            if is_sigterm(e):
+                stopped("terminated", 143)
+            stopped("interrupted", 130)
+        except Exception as e:
+            # An error raised while a SIGTERM unwound the driver (cleanup of something the signal cut short)
+            # would hide it: the signal is what happened, and the resume what to do.
+            if sigterm_received() and not os.environ.get("NOVARCH_DEBUG"):
+                stopped("terminated", 143)
+            if isinstance(e, SpecError):
+                fail(str(e), EXIT_USAGE)
+            if isinstance(e, (driver.JobFailed, StorageError, JobBusy)):
+                fail(str(e), EXIT_RUNTIME)
+            raise
+
+
+def stopped(signal_name: str, code: int) -> None:
+    fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
 
 
 def print_report(report, as_json: bool) -> None:

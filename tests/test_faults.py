@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -141,6 +142,28 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
                                                "run the same command to resume")
     assert "SIGTERM received" not in stderr
     assert not list(out.glob("*/_LEASE*"))  # released on the way out: a re-run need not wait for it to go stale
+
+
+def test_an_error_while_sigterm_unwinds_the_driver_does_not_hide_it(tmp_path, monkeypatch):
+    """Cleanup that fails because the signal cut something short (a thread stopped inside its start, say)
+    is not the news: still exit 143 and the resume line, not exit 1 and the cleanup's error."""
+    from click.testing import CliRunner
+
+    from novarch_batch.pipeline.cli import cli
+
+    def run(spec, progress=None):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        finally:
+            raise RuntimeError("cannot join thread before it is started")
+
+    monkeypatch.setattr(driver, "run", run)
+    monkeypatch.delenv("NOVARCH_DEBUG", raising=False)
+    result = CliRunner().invoke(cli, ["submit", "--count", "8", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip().splitlines()[-1] == ("novarch-batch: error: terminated; committed shards are kept, "
+                                                      "run the same command to resume")
 
 
 def test_second_driver_on_a_running_job_refuses(ray_local, tmp_path):
