@@ -56,10 +56,19 @@ class ActorResources:
 def _init_ray(**kwargs) -> None:
     """ray.init with our SIGTERM handler kept: Ray's own (sys.exit(15)) would replace it, and raised
     where Python ignores exceptions (a logging lock's release) it was swallowed and the job ran on. Ours
-    marks the signal first, so a swallowed one still stops the driver once ray.init returns."""
+    marks the signal first, so a swallowed one still stops the driver once ray.init returns.
+
+    Nor does the driver's core worker install its C++ failure-signal handler (absl's): from its start
+    to the end of ray.init it took SIGTERM, printed a crash dump ("*** SIGTERM received ...") and now
+    and then aborted the process at exit. The flag is read when ray.init builds the driver's core
+    worker, so actors (started by the raylet) keep their crash traces."""
     set_handler = getattr(ray._private.utils, "set_sigterm_handler", None)
     if set_handler is not None:
         ray._private.utils.set_sigterm_handler = lambda handler: None
+    constants = ray._private.ray_constants
+    had_handler_flag = getattr(constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    if had_handler_flag is not None:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     try:
         ray.init(**kwargs)
     except SystemExit as exit_:  # Ray's handler, where the hook above is gone
@@ -69,6 +78,8 @@ def _init_ray(**kwargs) -> None:
     finally:
         if set_handler is not None:
             ray._private.utils.set_sigterm_handler = set_handler
+        if had_handler_flag is not None:
+            constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = had_handler_flag
         stop_like_ctrl_c_on_sigterm()
     if sigterm_received():
         raise Terminated()

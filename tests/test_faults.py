@@ -144,6 +144,35 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
     assert not list(out.glob("*/_LEASE*"))  # released on the way out: a re-run need not wait for it to go stale
 
 
+SIGTERM_AS_THE_CORE_WORKER_STARTS = """
+import os, signal, sys
+import ray._private.worker as worker
+original = worker.connect
+def connect(*args, **kwargs):  # the driver's core worker now exists; ray.init has not returned
+    result = original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return result
+worker.connect = connect
+from novarch_batch.pipeline.cli import main
+sys.argv = ["novarch-batch", "submit", "--count", "8", "--steps", "1", "--out", sys.argv[1]]
+main()
+"""
+
+
+def test_sigterm_as_rays_core_worker_starts_prints_no_crash_dump(tmp_path):
+    """The narrowest window of ray.init, hit every time: the driver's core worker had installed Ray's C++
+    failure-signal handler, which took the signal with a crash dump ('*** SIGTERM received ...') and
+    now and then aborted the process at exit (-6) after the terminated line."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AS_THE_CORE_WORKER_STARTS, str(out)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "SIGTERM received" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("novarch-batch: error: terminated; committed shards are kept, "
+                                                    "run the same command to resume")
+    assert not list(out.glob("*/_LEASE*"))
+
+
 def test_an_error_while_sigterm_unwinds_the_driver_does_not_hide_it(tmp_path, monkeypatch):
     """Cleanup that fails because the signal cut something short (a thread stopped inside its start, say)
     is not the news: still exit 143 and the resume line, not exit 1 and the cleanup's error."""
