@@ -132,8 +132,21 @@ def run_job(spec, as_json: bool) -> None:
             raise
 
 
+class Stopped(SystemExit):
+    """Ctrl-C or SIGTERM ended the job; its line is printed and Ray is shut down. The console entry point
+    then exits at once (main): with the terminal's Ctrl-C the local Ray's processes die too, and the
+    interpreter's own finalisation after that segfaulted now and then (-11 after the line)."""
+
+
 def stopped(signal_name: str, code: int) -> None:
-    fail(f"{signal_name}; committed shards are kept, run the same command to resume", code)
+    from novarch_batch.pipeline import driver
+
+    try:
+        driver.release()  # here, not in Ray's exit hook
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C, or a cluster already gone: exiting regardless
+        pass
+    click.echo(f"novarch-batch: error: {signal_name}; committed shards are kept, run the same command to resume", err=True)
+    raise Stopped(code)
 
 
 def print_report(report, as_json: bool) -> None:
@@ -348,6 +361,10 @@ def main() -> None:
     """Console entry point: usage errors become one line and exit code 2."""
     try:
         cli.main(standalone_mode=False)
+    except Stopped as e:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code)
     except click.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # bare `novarch-batch`: show help
             click.echo(e.ctx.get_help())

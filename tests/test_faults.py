@@ -144,6 +144,27 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
     assert not list(out.glob("*/_LEASE*"))  # released on the way out: a re-run need not wait for it to go stale
 
 
+def test_ctrl_c_as_a_terminal_sends_it_stops_the_job_in_one_line(tmp_path):
+    """SIGINT to the whole process group, the driver and the local Ray it started alike: exit 130 with the
+    resume line, the lease released. (The interpreter's finalisation after its Ray died with it segfaulted
+    now and then, -11 after the line, in 3 of 24 Ctrl-Cs at random moments under load; now the entry point
+    exits once Ray is shut down.)"""
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(submit_cmd(out, "--steps", "20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
+    try:
+        wait_for(lambda: list(out.glob("*/shards/*.parquet")), 240, "a committed shard", interval=0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("novarch-batch: error: interrupted; committed shards are kept, "
+                                               "run the same command to resume")
+    assert not list(out.glob("*/_LEASE*"))
+
+
 SIGTERM_AS_THE_CORE_WORKER_STARTS = """
 import os, signal, sys
 import ray._private.worker as worker
