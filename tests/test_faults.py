@@ -208,10 +208,13 @@ def test_an_error_while_sigterm_unwinds_the_driver_does_not_hide_it(tmp_path, mo
         finally:
             raise RuntimeError("cannot join thread before it is started")
 
+    released = []
     monkeypatch.setattr(driver, "run", run)
+    monkeypatch.setattr(driver, "release", lambda: released.append(True))  # the test process's own Ray stays up
     monkeypatch.delenv("NOVARCH_DEBUG", raising=False)
     result = CliRunner().invoke(cli, ["submit", "--count", "8", "--out", str(tmp_path / "out")])
     assert result.exit_code == 143, result.output
+    assert released == [True]  # Ray shut down before the exit
     assert result.output.strip().splitlines()[-1] == ("novarch-batch: error: terminated; committed shards are kept, "
                                                       "run the same command to resume")
 
