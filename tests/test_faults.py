@@ -115,13 +115,17 @@ def test_driver_killed_then_rerun_resumes_identically(tmp_path):
     assert verify(str(job), full=True).ok
 
 
-@pytest.mark.parametrize("moment", ["before Ray runs", "while Ray starts", "while shards sample"])
-def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
+@pytest.mark.parametrize("moment, stop", [("before Ray runs", "SIGTERM"), ("while Ray starts", "SIGTERM"),
+                                         ("while shards sample", "SIGTERM"), ("while shards sample", "Ctrl-C")])
+def test_sigterm_or_ctrl_c_stops_the_driver_in_one_line(moment, stop, tmp_path):
     """kill, docker stop, a scheduler: one line and exit 143, the job's lease released, no crash report,
     whenever it comes. (Before Ray ran, Python's default killed the driver with its lease held; while Ray
     started, Ray's own handler exited 15 without a word, or aborted with a crash report, 134; while the
-    driver waited on its actors, Ray's wait turned SIGTERM into a plain KeyboardInterrupt: exit 130.)"""
-    out = tmp_path / "terminated"
+    driver waited on its actors, Ray's wait turned SIGTERM into a plain KeyboardInterrupt: exit 130.)
+    Ctrl-C as a terminal sends it, SIGINT to the whole process group (the local Ray it started too): exit
+    130 and the same line (the interpreter's finalisation after its Ray died with it segfaulted now and
+    then, -11 after the line, in 3 of 24 Ctrl-Cs at random moments under load)."""
+    out = tmp_path / "stopped"
     proc = subprocess.Popen(submit_cmd(out, "--steps", "20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
     try:
@@ -132,37 +136,19 @@ def test_sigterm_stops_the_driver_as_ctrl_c_does(moment, tmp_path):
         else:
             wait_for(lambda: list(out.glob("*/shards/*.parquet")), 240, "a committed shard", interval=0.02)
             time.sleep(0.5)  # the driver is back in ray.wait for the next shard (each takes a second or more at 20 steps)
-        proc.terminate()
+        if stop == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.terminate()
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == ("novarch-batch: error: terminated; committed shards are kept, "
-                                               "run the same command to resume")
+    code, word = (130, "interrupted") if stop == "Ctrl-C" else (143, "terminated")
+    assert proc.returncode == code, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"novarch-batch: error: {word}; committed shards are kept, run the same command to resume"
     assert "SIGTERM received" not in stderr
     assert not list(out.glob("*/_LEASE*"))  # released on the way out: a re-run need not wait for it to go stale
-
-
-def test_ctrl_c_as_a_terminal_sends_it_stops_the_job_in_one_line(tmp_path):
-    """SIGINT to the whole process group, the driver and the local Ray it started alike: exit 130 with the
-    resume line, the lease released. (The interpreter's finalisation after its Ray died with it segfaulted
-    now and then, -11 after the line, in 3 of 24 Ctrl-Cs at random moments under load; now the entry point
-    exits once Ray is shut down.)"""
-    out = tmp_path / "interrupted"
-    proc = subprocess.Popen(submit_cmd(out, "--steps", "20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
-    try:
-        wait_for(lambda: list(out.glob("*/shards/*.parquet")), 240, "a committed shard", interval=0.02)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == ("novarch-batch: error: interrupted; committed shards are kept, "
-                                               "run the same command to resume")
-    assert not list(out.glob("*/_LEASE*"))
 
 
 SIGTERM_AS_THE_CORE_WORKER_STARTS = """
