@@ -80,16 +80,14 @@ def verify(url: str, full: bool = False, sample: int = DEFAULT_SAMPLE, seed: int
     if expected_version not in shard_format.READABLE_VERSIONS:
         report.problem(f"job.json: schema version {expected_version!r}, this novarch-batch reads "
                        f"{', '.join(shard_format.READABLE_VERSIONS)}; upgrade novarch-batch")
-    for key, index in listed.items():
-        if (index is None or index >= view.num_shards) and read_by_folder_readers(key):
-            report.stray(key, "not a shard of this job, yet every reader of shards/ reads it as one")
+    found = [(key, index, "not a shard of this job, yet every reader of shards/ reads it as one") for key, index in listed.items()]
     if manifest.job_format(view.job) == "webdataset":
         # Listed again (the lost-image check lists it too): one request per 1,000 tars, for one message that shows it.
-        for key in view.storage.list("webdataset/"):
-            index = shard_format.tar_index(key)
-            if (index is None or index >= view.num_shards) and read_by_folder_readers(key):
-                report.stray(key, "not one of this job's tars, yet a reader of webdataset/ (Ray Data's read_webdataset) "
-                                  "reads its samples too")
+        found += [(key, shard_format.tar_index(key), "not one of this job's tars, yet a reader of webdataset/ "
+                   "(Ray Data's read_webdataset) reads its samples too") for key in view.storage.list("webdataset/")]
+    for key, index, why in found:
+        if (index is None or index >= view.num_shards) and read_by_folder_readers(key):
+            report.stray(key, why)
     for k, key in view.shards_missing_images(sorted(committed)).items():
         report.problem(f"{shard_format.shard_key(k)}: its images are not all in storage (first missing: {key})")
     shard_ids: dict[int, list[int]] = {}
