@@ -105,9 +105,11 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
         progress.note(f"{root.url}: this store ignores conditional writes (If-None-Match); the job's lease is best effort")
     try:
         with contextlib.ExitStack() as held:
+            leases = []
             if spec.run.exclusive:  # taken first: a job refused for another one's run writes nothing
-                held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url))
+                leases.append(held.enter_context(ExclusiveLease(root, conditional, spec.run.exclusive, job_url)))
             lease = held.enter_context(Lease(job, conditional=conditional))
+            leases.append(lease)
             committed = manifest.committed_shards(job)
             # A committed shard whose images are gone is not whole: its Parquet file (the commit) goes, and
             # the shard is sampled again with identical bytes.
@@ -124,7 +126,8 @@ def run(spec: JobSpec, progress: Progress | None = None) -> JobReport:
                 progress.note(f"{len(lost)} committed shard(s) have lost images since their commit (first: "
                               f"{next(iter(lost.values()))}): sampling them again, with identical bytes")
             created_at = manifest.prepare_job(job, spec, committed - set(lost))
-            return _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, pending, pool)
+            watch = LeaseWatch(job, leases, progress.note)
+            return _run_job(spec, job, job_url, created_at, progress, started, watch, conditional, pending, pool)
     except cluster.ClusterRefusal:
         if existing is None:
             job.prune()  # the lease, released, was all a new job had: leave not even its folder
@@ -138,8 +141,46 @@ def release() -> None:
         ray.shutdown()
 
 
-def _taken_over(job) -> JobBusy:
+def _taken_over(job, lease: Lease | None = None) -> JobBusy:
+    if isinstance(lease, ExclusiveLease):
+        return JobBusy(f"{job.url}: another job took --exclusive {lease.name} over while this one was stalled; "
+                       f"re-run this one once it is done")
     return JobBusy(f"{job.url}: another driver took this job over while this one was stalled; it finishes the job")
+
+
+class LeaseWatch:
+    """The driver's leases, looked at from the scheduler's loop: no shard starts while one is unconfirmed
+    (its renewals have not landed for lease.fence_seconds()), and the job stops, its actors killed, as soon
+    as one is taken over or has gone lease.LEASE_SECONDS unrenewed, when another driver may take the job: two
+    drivers' actors never write one job at once."""
+
+    def __init__(self, job, leases: list[Lease], note):
+        self.job, self.leases, self.note = job, leases, note
+        self.paused = False
+
+    def may_dispatch(self) -> bool:
+        fresh = all(lease.fresh for lease in self.leases)
+        if fresh == self.paused:
+            self.paused = not fresh
+            self.note(f"the job's lease has not been renewed for {max(held.unrenewed_seconds() for held in self.leases):.0f} s "
+                      f"(the store does not take its heartbeats): no new shard starts until it is" if self.paused
+                      else "the job's lease is renewed again: shards start again")
+        return fresh
+
+    def check(self) -> None:
+        for lease in self.leases:
+            if lease.lost:
+                raise _taken_over(self.job, lease)
+            if lease.expired:
+                raise JobFailed(f"{self.job.url}: this driver could not renew its lease for {lease.unrenewed_seconds():.0f} s (the store "
+                                f"did not take its heartbeats), after which another driver may take the job over, so it "
+                                f"stopped its actors. Committed shards are kept: re-run the same command to resume")
+
+    def confirm(self) -> None:
+        """Renew every lease now, before the job's last write (_SUCCESS): a driver taken over writes nothing more."""
+        for lease in self.leases:
+            if not lease.renew():
+                raise _taken_over(self.job, lease)
 
 
 def _shards_missing_images(spec: JobSpec, job, indices) -> dict[int, str]:
@@ -152,19 +193,18 @@ def _plan_pool(spec: JobSpec) -> tuple[bool, cluster.ActorResources]:
     return local, cluster.actor_resources(spec.run, local=local)
 
 
-def _run_job(spec, job, job_url, created_at, progress, started, lease, conditional, todo, pool) -> JobReport:
+def _run_job(spec, job, job_url, created_at, progress, started, watch, conditional, todo, pool) -> JobReport:
     report = JobReport(spec.job_id, job_url, spec.count, spec.num_shards, shards_skipped=spec.num_shards - len(todo),
                        started_at=round(time.time() - (time.perf_counter() - started), 3), conditional_writes=conditional)
     checksums: dict[int, str] = {}
     if todo:
         progress.start(spec.count, spec.count - sum(s.size for s in todo))
         try:
-            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool)
+            _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool, watch)
         finally:
             progress.close()
     checksums.update(manifest.shard_checksums(job, [k for k in range(spec.num_shards) if k not in checksums]))
-    if lease.lost:
-        raise _taken_over(job)
+    watch.confirm()
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.images_sampled / report.seconds, 2) if report.seconds else 0.0
     report.driver_peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
@@ -173,7 +213,7 @@ def _run_job(spec, job, job_url, created_at, progress, started, lease, condition
     return report
 
 
-def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool) -> None:
+def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress, started, pool, watch) -> None:
     local, resources = pool
     actors = min(resources.actors, len(todo))  # never more actors than shards left to sample
     report.actors = resources.describe()
@@ -200,6 +240,10 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         metrics.add("images_total", result.images)
         metrics.add("shards_committed_total")
 
+    def on_tick(scheduler: ShardScheduler) -> None:
+        watch.check()  # raises when the job is no longer this driver's: the scheduler kills its actors
+        progress.tick(scheduler.pool_status)
+
     scheduler = ShardScheduler(
         make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256,
                                             compile=spec.run.compile, encode_processes=resources.encode_processes),
@@ -210,8 +254,9 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
         placement_timeout=spec.run.placement_timeout,
         describe_unplaced=resources.unplaced,
         on_event=metrics.add,
-        on_tick=lambda scheduler: progress.tick(scheduler.pool_status),
+        on_tick=on_tick,
         retry_delay=retry_delay_s(),
+        may_dispatch=watch.may_dispatch,
     )
     try:
         scheduler.run(todo)

@@ -5,6 +5,10 @@ key in the output root makes jobs that share `--exclusive NAME` run one at a tim
 nights: one still running refuses the next). A lease goes stale when its
 heartbeat is older than LEASE_SECONDS, or at once when its owner ran on this host and that
 process is gone (a killed driver re-run on the same machine resumes without waiting).
+
+Its owner fences itself by the same clock: a driver whose renewals have not landed for
+FENCE_SECONDS starts no more work (`fresh`), and once LEASE_SECONDS have passed, when another
+driver may have taken the job, it stops (`expired`), so that two drivers never write one job.
 """
 from __future__ import annotations
 
@@ -21,6 +25,12 @@ LEASE_KEY = "_LEASE"
 EXCLUSIVE_PREFIX = "_LEASE."  # <out>/_LEASE.<NAME>: the lease of --exclusive NAME
 HEARTBEAT_SECONDS = 5.0
 LEASE_SECONDS = 30.0  # six missed heartbeats: a live driver is never taken over by a slow store
+
+
+def fence_seconds() -> float:
+    """Unrenewed this long, the owner starts no new work: two heartbeats before others may take it over,
+    a margin for the clocks of two hosts and for stopping (read at call time, so tests can shorten both)."""
+    return LEASE_SECONDS - 2 * HEARTBEAT_SECONDS
 
 
 class JobBusy(RuntimeError):
@@ -52,10 +62,14 @@ class Lease:
     key = LEASE_KEY
 
     def __init__(self, job: Storage, conditional: bool = True):
-        self.job, self.conditional = job, conditional
+        # Each renewal is one quick try (the heartbeat tries again 5 s later), so a renewal lands within
+        # seconds of the store coming back instead of after the data path's back-off.
+        self.job, self.conditional = job.fail_fast(), conditional
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.version: str | None = None
         self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
+        self.renewed_at: float | None = None  # monotonic time the last document that landed was written
+        self._renewing = threading.Lock()  # the heartbeat, a renewal on demand and release never interleave
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,30 +82,50 @@ class Lease:
             f"wait for it (`novarch-batch status {self.job.url}`) or stop it, then re-run"
         )
 
+    def unrenewed_seconds(self) -> float:
+        return time.monotonic() - self.renewed_at if self.renewed_at is not None else 0.0
+
+    @property
+    def fresh(self) -> bool:
+        """Renewed within fence_seconds(): the owner may start new work."""
+        return not self.lost and self.unrenewed_seconds() <= fence_seconds()
+
+    @property
+    def expired(self) -> bool:
+        """Taken over, or unrenewed for LEASE_SECONDS, when another driver may take it: stop writing."""
+        return self.lost or self.unrenewed_seconds() > LEASE_SECONDS
+
     def acquire(self) -> None:
+        began = time.monotonic()
         if self.conditional:
             self._acquire_conditional()
         else:
             self._acquire_best_effort()
+        self.renewed_at = began
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
     def _acquire_conditional(self) -> None:
         for _ in range(3):  # the holder may release between our create and our read
-            self.version = self.job.create(self.key, self._document())
+            document = self._document()
+            self.version = self.job.create(self.key, document)
             if self.version:
                 return
             current = self.job.read_versioned(self.key)
             if current is None:
                 continue
             data, version = current
+            if data == document:  # ours landed; a resend after its lost answer was what was refused
+                self.version = version
+                return
             try:
                 holder = json.loads(data)
             except ValueError:
                 holder = {}
             if not is_stale(holder, time.time()):
                 raise self._busy(holder)
-            self.version = self.job.replace(self.key, self._document(), version)  # take over, unless another driver just did
+            document = self._document()
+            self.version = self.job.replace(self.key, document, version) or self._landed(document)  # take over, unless another driver just did
             if self.version:
                 return
             raise JobBusy(f"{self.job.url}/{self.key} was just taken by another driver; wait for it, then re-run")
@@ -115,18 +149,36 @@ class Lease:
         except ValueError:
             return None
 
+    def _landed(self, document: bytes) -> str | None:
+        """The version of our own document when it is the one stored: a conditional write that botocore
+        resent after losing the first answer is refused by the version that first write made."""
+        current = self.job.read_versioned(self.key)
+        return current[1] if current is not None and current[0] == document else None
+
+    def renew(self) -> bool:
+        """Renew now: True when it landed, False when another driver holds the lease (then it is never
+        written again); a store error raises, and the lease just ages."""
+        with self._renewing:
+            if self.lost:
+                return False
+            began, document = time.monotonic(), self._document()
+            if self.conditional:
+                version = self.job.replace(self.key, document, self.version) or self._landed(document)
+                self.lost, self.version = version is None, version or self.version
+            else:  # no compare-and-swap: a foreign owner read back is a takeover
+                self.lost = (self._read() or {}).get("id", self.owner["id"]) != self.owner["id"]
+                if not self.lost:
+                    self.job.put_bytes(self.key, document)
+            if not self.lost:
+                self.renewed_at = began
+            return not self.lost
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                if not self.conditional:
-                    self.job.put_bytes(self.key, self._document())
-                    continue
-                renewed = self.job.replace(self.key, self._document(), self.version)
-                if renewed is None:  # taken over: never write it again
-                    self.lost = True
+                if not self.renew():
                     return
-                self.version = renewed
-            except Exception:  # a store outage must not kill the driver; the lease just ages
+            except Exception:  # a store outage must not kill the driver; the lease just ages (see `expired`)
                 pass
 
     def release(self) -> None:
@@ -135,6 +187,8 @@ class Lease:
         # before it is started" over the interrupt, and the lease would stay. One started since sees _stop.
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=HEARTBEAT_SECONDS)
+        # A renewal still in flight (a slow store) would change the version under the delete.
+        renewing = self._renewing.acquire(timeout=HEARTBEAT_SECONDS)
         try:
             if self.conditional and self.version and not self.lost:
                 self.job.delete_version(self.key, self.version)
@@ -142,6 +196,9 @@ class Lease:
                 self.job.delete(self.key)
         except Exception:
             pass
+        finally:
+            if renewing:
+                self._renewing.release()
 
     def __enter__(self) -> "Lease":
         try:

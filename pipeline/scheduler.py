@@ -52,8 +52,12 @@ class ShardScheduler:
                  on_done: Callable[[Shard, ShardResult], None], note: Callable[[str], None],
                  placement_timeout: float = 600.0, describe_unplaced: Callable[[], str] = lambda: "no actor could be placed",
                  on_event: Callable[[str, int], None] = lambda counter, n: None,  # counter: a pipeline.metrics name
-                 on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None, retry_delay: float = RETRY_DELAY_S):
+                 on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None, retry_delay: float = RETRY_DELAY_S,
+                 may_dispatch: Callable[[], bool] = lambda: True):
+        # on_tick runs after every wait (at most 0.5 s apart); an exception from it stops the job, its actors
+        # killed. While may_dispatch() is False no shard is handed out (the driver's lease is unconfirmed).
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
+        self.may_dispatch = may_dispatch
         self.retry_delay = retry_delay
         self.placement_timeout, self.describe_unplaced, self.on_event, self.on_tick = placement_timeout, describe_unplaced, on_event, on_tick
         self.actors: list = []
@@ -145,7 +149,7 @@ class ShardScheduler:
                     else:
                         self._finished(ref)
                 self._check_placement()
-                if not self.fatal:
+                if not self.fatal and self.may_dispatch():
                     self._dispatch()
                 self.on_tick(self)
         finally:

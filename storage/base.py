@@ -40,6 +40,9 @@ class Storage(Protocol):
     def check_readable(self) -> None: ...
     def check_writable(self) -> None: ...
     def prune(self) -> None: ...  # remove the folder if empty (a folder store only)
+    # The same objects through requests that fail in seconds instead of riding out an outage: for a
+    # lease's heartbeat, which tries again by itself every few seconds.
+    def fail_fast(self) -> "Storage": ...
 
 
 def join(url: str, *parts: str) -> str:

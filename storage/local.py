@@ -135,6 +135,9 @@ class LocalStorage:
     def child(self, prefix: str) -> "LocalStorage":
         return LocalStorage(self.root / prefix)
 
+    def fail_fast(self) -> "LocalStorage":
+        return self  # a local file operation neither retries nor backs off
+
     def prune(self) -> None:
         """Remove this folder if nothing is in it (what a refused new job leaves after its lease)."""
         with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ messages show the access key masked (``AKIA…XYZ``) and never the secret key.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import mimetypes
 import os
@@ -172,6 +173,13 @@ class S3Storage:
             if self._preflight_client is None:
                 self._preflight_client = self._make_client(preflight=True)
         return self._preflight_client
+
+    def fail_fast(self) -> "S3Storage":
+        """The same objects through the pre-flight client (2 attempts, 3 s timeouts): a lease's heartbeat
+        must not sit in the data path's back-off or a 120 s read timeout while its lease ages."""
+        quick = copy.copy(self)  # shares the session and its lock; only the client differs
+        quick._client = self._preflight()
+        return quick
 
     def access_key(self) -> str | None:
         """The access key id in use (for masked display only), or None without credentials."""

@@ -2,6 +2,7 @@
 a resume that reads no shard body; a finished job that is never written again."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,14 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from novarch_batch.pipeline import driver
+from novarch_batch.pipeline import driver, lease as lease_module
 from novarch_batch.pipeline.lease import LEASE_KEY, JobBusy, Lease
+from novarch_batch.pipeline.progress import Progress
+from novarch_batch.pipeline.scheduler import JobFailed
 from novarch_batch.pipeline.spec import build_spec
 from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import LocalStorage, StorageError, open_storage
 from novarch_batch.storage.s3 import S3Storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import ShardConflict, commit_shard
+from novarch_batch.workers.shard_worker import ShardWorker
+from novarch_batch.workers.spec import SamplingConfig
+from novarch_batch.workers.tasks import ShardTask
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
@@ -90,6 +96,126 @@ def test_an_interrupt_as_the_heartbeat_starts_gives_the_lease_back(store, monkey
         with Lease(store):
             pass
     assert not store.exists(LEASE_KEY)
+
+
+def test_a_lease_write_resent_after_its_lost_answer_is_still_ours(store, monkeypatch):
+    """botocore resends a PUT whose answer it lost (a timeout, a 5xx after the write landed); the resend
+    then fails its own condition. The lease reads its own document back instead of calling itself taken over
+    (or, taking it, "run by another driver" naming its own pid)."""
+    kind = type(store.fail_fast())
+
+    def resent(real):
+        def twice(self, *args):  # the first request lands, its answer is lost, the same request again
+            real(self, *args)
+            return real(self, *args)
+        return twice
+
+    with monkeypatch.context() as patched:  # (monkeypatch itself also holds the store's environment)
+        patched.setattr(kind, "create", resent(kind.create))
+        patched.setattr(kind, "replace", resent(kind.replace))
+        lease = Lease(store)
+        lease.acquire()
+        assert lease.renew() and not lease.lost
+    assert json.loads(store.get_bytes(LEASE_KEY))["id"] == lease.owner["id"]
+    lease.release()
+    assert not store.exists(LEASE_KEY)
+
+
+def test_a_best_effort_lease_sees_a_takeover(store):
+    """A store without conditional writes: the heartbeat reads the lease before it writes, so a driver
+    taken over stops instead of both drivers writing their heartbeats (and the job) on and on."""
+    lease = Lease(store, conditional=False)
+    lease.acquire()
+    assert lease.renew() and lease.fresh
+    store.put_bytes(LEASE_KEY, json.dumps({"id": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}).encode())
+    assert not lease.renew() and lease.lost and lease.expired and not lease.fresh
+    lease.release()
+    assert json.loads(store.get_bytes(LEASE_KEY))["id"] == "other"  # not ours to delete
+
+
+def test_a_committed_shard_is_not_sampled_again(tmp_path, monkeypatch):
+    """An actor that committed a shard and died before its answer came back: the shard's next attempt finds
+    the commit and writes nothing, where it used to overwrite the images the committed rows name."""
+    worker = ShardWorker("novarch-tiny", "cpu", threads=1)
+    task = ShardTask("job", str(tmp_path), 0, 0, 8, SamplingConfig(steps=2), 8, "2026-01-01T00:00:00+00:00", "files")
+    first = worker.run_shard(task)
+    assert first.ok and first.images == 8
+    writes: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(LocalStorage, "put_bytes", lambda self, key, data: writes.append(key))
+        patched.setattr(LocalStorage, "create", lambda self, key, data: writes.append(key))
+        again = worker.run_shard(task)
+    assert again.ok and again.checksum == first.checksum and again.images == 8
+    assert writes == []
+
+
+@pytest.fixture
+def short_lease(monkeypatch):
+    """Heartbeats every 0.25 s and a lease stale after 3 s (no new shard after 2.5 s unrenewed)."""
+    monkeypatch.setattr(lease_module, "HEARTBEAT_SECONDS", 0.25)
+    monkeypatch.setattr(lease_module, "LEASE_SECONDS", 3.0)
+
+
+def when_committed(job: Path, shards: int, then) -> threading.Thread:
+    """Call `then()` on a thread once `shards` Parquet files are in the job folder."""
+    def watch():
+        deadline = time.monotonic() + 120
+        while len(list(job.glob("shards/*.parquet"))) < shards and time.monotonic() < deadline:
+            time.sleep(0.05)
+        then()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_driver_taken_over_mid_job_stops_its_actors_at_once(ray_local, tmp_path, short_lease):
+    """Another driver takes the lease (its compare-and-swap after this one stalled): this driver's next
+    heartbeat is refused and it stops at once, its actors killed, instead of sampling to the end beside the
+    new owner and only then saying so."""
+    spec = build_spec(count=256, out=str(tmp_path), steps=4, shard_size=8, batch_size=8, actors=1)
+    job = tmp_path / spec.job_id
+    store, taken = LocalStorage(job), []
+
+    def take_over():
+        current, version = store.read_versioned(LEASE_KEY)
+        store.replace(LEASE_KEY, json.dumps({"id": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}).encode(), version)
+        taken.append(time.monotonic())
+
+    when_committed(job, 2, take_over)
+    with pytest.raises(JobBusy, match="another driver took this job over"):
+        driver.run(spec)
+    stopped = time.monotonic()
+    assert taken and stopped - taken[0] < 3.0
+    assert len(list(job.glob("shards/*.parquet"))) < spec.num_shards - 4
+    assert not (job / "_SUCCESS").exists()
+    assert json.loads(store.get_bytes(LEASE_KEY))["id"] == "other"  # the new owner's lease stays
+
+
+def test_a_driver_whose_lease_goes_unrenewed_stops_and_a_rerun_resumes(ray_local, tmp_path, short_lease, monkeypatch):
+    """The store stops taking this driver's heartbeats (a partition, the driver's credentials alone expired):
+    no new shard starts once the lease is unconfirmed, and once another driver may take the job (the lease's
+    age) the driver stops its actors, so two drivers never write one job. A re-run resumes it whole."""
+    spec = build_spec(count=256, out=str(tmp_path), steps=4, shard_size=8, batch_size=8, actors=1)
+    job = tmp_path / spec.job_id
+    real_replace = LocalStorage.replace
+
+    def refused(self, key, data, version):
+        if key == LEASE_KEY and failing:
+            raise StorageError(f"{self.url}/{key}: the store did not answer")
+        return real_replace(self, key, data, version)
+
+    failing: list[bool] = []
+    monkeypatch.setattr(LocalStorage, "replace", refused)
+    when_committed(job, 2, lambda: failing.append(True))
+    notes = io.StringIO()
+    with pytest.raises(JobFailed, match="could not renew its lease for [0-9]+ s .*re-run the same command to resume"):
+        driver.run(spec, Progress(enabled=False, stream=notes))
+    assert "no new shard starts until it is" in notes.getvalue()
+    assert len(list(job.glob("shards/*.parquet"))) < spec.num_shards - 4 and not (job / "_SUCCESS").exists()
+    failing.clear()
+    report = driver.run(spec)
+    assert report.complete and report.shards_skipped + report.shards_sampled == spec.num_shards
+    assert verify(str(job), full=True).ok
 
 
 def test_a_store_that_ignores_conditional_writes_is_detected(s3_env, s3_url):

@@ -4,7 +4,9 @@ The sidecar (`checksums/part-<k>.sha256`, 64 hex digits; outside `shards/`, whic
 one Parquet dataset) is written just before the commit, so a
 resumed job learns every committed shard's checksum from tiny objects, never from the shard's
 body. The Parquet file is created with a conditional write: of concurrent commits of one shard
-exactly one lands; a refused commit of identical bytes counts as already committed.
+exactly one lands; a refused commit of identical bytes counts as already committed. A shard found
+committed before it is sampled is not sampled again (`committed_checksum`), and a commit that
+finds the shard there leaves its sidecar alone.
 """
 from __future__ import annotations
 
@@ -26,15 +28,21 @@ def commit_shard(storage: Storage, shard: int, data: bytes) -> str:
     """Commit one shard's Parquet bytes; return their sha256 (also when they were committed before)."""
     checksum = hashlib.sha256(data).hexdigest()
     key = shard_format.shard_key(shard)
-    storage.put_bytes(sidecar_key(shard), checksum.encode())
-    if storage.create(key, data) is not None:
-        return checksum
+    if not storage.exists(key):  # never describe other bytes than a commit already there
+        storage.put_bytes(sidecar_key(shard), checksum.encode())
+        if storage.create(key, data) is not None:
+            return checksum
     committed = hashlib.sha256(storage.get_bytes(key)).hexdigest()  # rare: a retry whose first answer was lost
     if committed != checksum:
         storage.put_bytes(sidecar_key(shard), committed.encode())  # the sidecar describes what is committed
         raise ShardConflict(f"{storage.url}/{key}: already committed by another writer with other bytes "
                             f"(sha256 {committed[:12]}…); run `novarch-batch verify {storage.url}`")
     return checksum
+
+
+def committed_checksum(storage: Storage, shard: int) -> str | None:
+    """The sha256 of the shard's commit when it is committed, else None."""
+    return read_checksum(storage, shard) if storage.exists(shard_format.shard_key(shard)) else None
 
 
 def sidecar_checksum(storage: Storage, shard: int) -> str | None:

@@ -22,7 +22,7 @@ import torch
 
 from novarch_batch.storage import UPLOAD_CONCURRENCY, Storage, open_storage
 from novarch_batch.workers import shard_format
-from novarch_batch.workers.commit import commit_shard
+from novarch_batch.workers.commit import commit_shard, committed_checksum
 from novarch_batch.workers.encode import PngEncoder
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
@@ -78,6 +78,12 @@ class ShardWorker:
         try:
             if str(task.shard) in os.environ.get(FAULT_ENV, "").split(","):
                 raise RuntimeError(f"fault injected for shard {task.shard} ({FAULT_ENV})")
+            # Committed already: an earlier attempt's actor died after its commit, before its answer came back.
+            # Sampling it again would overwrite the images its rows name (on other hardware, one level apart).
+            checksum = committed_checksum(self._storage(task.job_url), task.shard)
+            if checksum is not None:
+                return ShardResult(task.shard, True, task.stop - task.start, time.perf_counter() - started, 0.0, self.name,
+                                   checksum=checksum)
             rows, sample_seconds = self._sample_and_store(task)
             checksum = commit_shard(self._storage(task.job_url), task.shard, shard_format.shard_bytes(rows, self.info.classes))
             return ShardResult(task.shard, True, task.stop - task.start, time.perf_counter() - started, sample_seconds,
