@@ -342,6 +342,23 @@ def test_stream_draws_noise_ahead_without_changing_a_byte():
         assert np.array_equal(images, threaded.images(seeds, sampling))  # noise drawn ahead under inference mode
 
 
+def test_noise_drawn_ahead_is_capped_and_the_rest_comes_from_the_same_streams(monkeypatch):
+    """A sampler with more draws than PREDRAWN_BYTES holds (DDPM-1000 would pin 12 GB a micro-batch) draws
+    the first ones ahead and the rest from the generators: the same bytes as drawing them all when asked."""
+    import numpy as np
+
+    from novarch_batch.workers import generate
+    from novarch_batch.workers.spec import SamplingConfig
+
+    sampling = SamplingConfig(class_name="building", sampler="ddpm", steps=5)  # 5 draws per sample
+    seeds = SEEDS[:2]
+    monkeypatch.setattr(generate, "PREDRAWN_BYTES", 2 * len(seeds) * 4 * 3 * 32 * 32)  # room for 2 draws
+    threaded = generate.ImageGenerator(default_model_dir(), "cpu", noise_threads=2)
+    assert threaded.noise_for(seeds, sampling).draws == 2
+    plain = generate.ImageGenerator(default_model_dir(), "cpu")
+    assert np.array_equal(threaded.images(seeds, sampling), plain.images(seeds, sampling))
+
+
 def test_compiled_network_samples_within_one_level_and_compiles_one_shape():
     """--compile: torch.compile (inductor, on this CPU) at one batch shape; short micro-batches are
     padded to the job's (here 3), so a job compiles once, and images stay within one level of the eager ones."""

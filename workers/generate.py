@@ -6,6 +6,7 @@ spacing and the uint8 conversion.
 """
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,10 @@ from novarch_batch.workers.spec import ANY_CLASS, DISTILLED, SamplingConfig, par
 # 10-step SDE default needs 10 draws per image, so 10,000 images/s would need 1.5 threads on the
 # critical path. On a CPU the cores are busy sampling and noise is ~1% of the work: drawn inline.
 GPU_NOISE_THREADS = 4
+# Pinned host memory for one micro-batch's draws made ahead (two are alive: this batch's and the next's).
+# The 10-step default's 10 draws of 1,024 images take 126 MB; DDPM-1000's thousand would take 12 GB a batch,
+# so a sampler with more draws than fit takes the rest from the generators, which continue the same streams.
+PREDRAWN_BYTES = 256 << 20
 
 
 def pick_device(device: str) -> torch.device:
@@ -53,7 +58,9 @@ class ImageGenerator:
         self.compiled = compile
         if compile:
             self.unet = torch.compile(self.unet, dynamic=False, mode="reduce-overhead" if cuda else None)
-        self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config).to(self.device)
+        # On the CPU: the samplers read it as Python floats at every step (Schedule.alpha_bar), and a read
+        # from GPU memory would make the host wait for the GPU each time instead of queueing the next step.
+        self.alphas_cumprod = alphas_cumprod_for(self.info.scheduler_config)
         self.clip_sample = bool(self.info.scheduler_config.get("clip_sample", True))
         self.prediction_type = self.info.scheduler_config.get("prediction_type", "epsilon")
         self.noise_threads = (GPU_NOISE_THREADS if cuda else 0) if noise_threads is None else noise_threads
@@ -71,7 +78,9 @@ class ImageGenerator:
         generators = make_generators(seeds)
         if not self._noise_pool:
             return GeneratorNoise(generators)
-        return PredrawnNoise.start(self._noise_pool, self.noise_threads, generators, self.shape, sampling.noise_draws(),
+        per_draw = len(seeds) * 4 * math.prod(self.shape)  # float32 bytes of one draw of the micro-batch
+        draws = min(sampling.noise_draws(), max(1, PREDRAWN_BYTES // per_draw))
+        return PredrawnNoise.start(self._noise_pool, self.noise_threads, generators, self.shape, draws,
                                    pin=self.device.type == "cuda")
 
     @torch.inference_mode()

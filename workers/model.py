@@ -117,13 +117,14 @@ def make_denoiser(unet, labels: torch.Tensor, null_label: int, guidance: float, 
 
     dtype = next(unet.parameters()).dtype
     nulls = torch.full_like(labels, null_label)
+    unconditional = guidance == 0.0 or bool((labels == null_label).all())  # decided once: on a GPU each bool() waits for it
 
     def net(x: torch.Tensor, label: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         return unet(x.to(dtype), ts, class_labels=label).sample.float()
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        if guidance == 0.0 or bool((labels == null_label).all()):
+        if unconditional:
             return net(x, nulls, t)
         if guidance == 1.0 or (interval is not None and not interval[0] <= t <= interval[1]):
             return net(x, labels, t)
