@@ -246,7 +246,8 @@ def _sample_shards(spec, job_url, todo, created_at, report, checksums, progress,
 
     scheduler = ShardScheduler(
         make_actor=lambda: actor_cls.remote(spec.model, resources.device, resources.threads or None, model_sha256=spec.model_sha256,
-                                            compile=spec.run.compile, encode_processes=resources.encode_processes),
+                                            compile=spec.run.compile, encode_processes=resources.encode_processes,
+                                            warmup=(spec.sampling, spec.run.batch_size)),
         actors=actors,
         make_task=lambda shard: shard_task(spec, job_url, shard, created_at),
         on_done=on_done,

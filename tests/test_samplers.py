@@ -377,6 +377,31 @@ def test_compiled_network_samples_within_one_level_and_compiles_one_shape():
     assert compiled.shape == eager.shape and np.abs(compiled.astype(int) - eager.astype(int)).max() <= 1
 
 
+def test_a_compiled_actor_compiles_the_jobs_shape_before_it_is_ready(tmp_path):
+    """--compile in a job: the actor compiles at the job's micro-batch while it starts (its ready time then
+    means sampling at speed), and its shards sample on that one thread, whose compiled graphs (CUDA graphs
+    on a GPU) they reuse: the shard compiles nothing more."""
+    import threading
+
+    from torch._dynamo.utils import counters
+
+    from novarch_batch.workers.shard_worker import ShardWorker
+    from novarch_batch.workers.spec import SamplingConfig
+    from novarch_batch.workers.tasks import ShardTask
+
+    sampling = SamplingConfig(steps=2)
+    counters.clear()
+    worker = ShardWorker("novarch-tiny", "cpu", threads=1, compile=True, warmup=(sampling, 3))
+    assert counters["stats"]["unique_graphs"] == 1
+    threads = set()
+    stream = worker.generator.stream
+    worker.generator.stream = lambda *a, **k: (threads.add(threading.current_thread().name), stream(*a, **k))[1]
+    task = ShardTask("job", str(tmp_path), 0, 0, 5, sampling, 3, "2026-01-01T00:00:00+00:00", "parquet")  # 3 + 2, padded
+    assert worker.run_shard(task).ok
+    assert counters["stats"]["unique_graphs"] == 1
+    assert len(threads) == 1 and threads.pop().startswith("sample")
+
+
 def test_predrawn_noise_refuses_a_shape_that_would_skip_its_draws():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from novarch_batch.training.dataset import make_images
 from novarch_batch.training.export import NULL_LABEL, save_model_folder
 from novarch_batch.training.train import (MAX_BATCH, POSITIVE, TRAIN_DATA_SEED, existing_model_folder, hardware_name, machine_options,
-                                          model_folder_option, optimizer_step, seeded_generator, to_model_range)
+                                          model_folder_option, optimizer_step, seeded_generator, settled_clock, to_model_range)
 from novarch_batch.workers.model import ModelError, ModelInfo, load_unet
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.samplers import Schedule, predict
@@ -193,9 +193,9 @@ def distill(cfg: DistillConfig) -> Path:
             if step == steps_per_round:
                 break
             if cfg.max_seconds is not None and r == 0 and step == PROBE_FROM:
-                probe_start = time.perf_counter()
+                probe_start = settled_clock(device)
             if cfg.max_seconds is not None and r == 0 and step == PROBE_TO:
-                pace = (PROBE_TO - PROBE_FROM) / (time.perf_counter() - probe_start)
+                pace = (PROBE_TO - PROBE_FROM) / (settled_clock(device) - probe_start)
                 budget = cfg.max_seconds / len(cfg.rounds) - (time.perf_counter() - start)
                 steps_per_round = max(PROBE_TO + 1, min(cfg.steps_per_round, PROBE_TO + int(pace * budget)))
                 bar.total = steps_per_round

@@ -43,8 +43,10 @@ flags_of() {  # the candidate's own training flags (MODEL.md, "Training")
 train() {  # name
   local name=$1 flags
   flags=$(flags_of "$name") || return 1
-  $PY -m novarch_batch.training.train --out "$WORK/$name" --device "$DEVICE" --steps 1000000 --warmup 200 \
-    --max-seconds "$TRAIN_SECONDS" --data-workers "$DATA_WORKERS" --log-every 50 --batch-size "$BATCH" $flags \
+  # --max-seconds times the steps; the timeout (start-up and saving besides) keeps a hung run from taking
+  # the call, so its log still comes back in the tar below
+  timeout $((TRAIN_SECONDS + 90)) $PY -m novarch_batch.training.train --out "$WORK/$name" --device "$DEVICE" --steps 1000000 \
+    --warmup 200 --max-seconds "$TRAIN_SECONDS" --data-workers "$DATA_WORKERS" --log-every 50 --batch-size "$BATCH" $flags \
     > "$WORK/train-$name.log" 2>&1 || { echo "== $name failed:"; tail -n 20 "$WORK/train-$name.log"; }
   echo "== $name trained: $(tail -n 1 "$WORK/$name/train_log.jsonl")"
   # at most 16 MB per file comes back from a lent machine: a wide model's tar travels in parts (cat them)

@@ -146,6 +146,14 @@ class TrainingBatches(torch.utils.data.Dataset):
         return {"x0": x0, "labels": labels, "noise": noise, "t": t}
 
 
+def settled_clock(device: torch.device) -> float:
+    """perf_counter once the GPU has done the work queued so far: nothing in a step waits for it, so the
+    host runs ahead, and a pace timed without this would count steps not yet made."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def diffusion_loss(unet, alphas_cumprod: torch.Tensor, batch: dict, cfg: TrainConfig) -> torch.Tensor:
     """Min-SNR-weighted MSE of the network's prediction (epsilon or v) at uniformly drawn timesteps.
 
@@ -193,9 +201,10 @@ def train(cfg: TrainConfig) -> Path:
             if step == total:
                 break
             if cfg.max_seconds is not None and step == PROBE_FROM:
-                probe_start = time.perf_counter()
+                probe_start = settled_clock(device)
             if probe_start is not None and step == cfg.warmup:
-                total = planned_steps(cfg, step, time.perf_counter() - probe_start, time.perf_counter() - start)
+                now = settled_clock(device)
+                total = planned_steps(cfg, step, now - probe_start, now - start)
                 bar.total = total
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             for group in opt.param_groups:

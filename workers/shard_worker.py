@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from novarch_batch.workers.encode import PngEncoder
 from novarch_batch.workers.generate import ImageGenerator
 from novarch_batch.workers.model_cache import fetch_model_folder
 from novarch_batch.workers.seeds import sample_seed
+from novarch_batch.workers.spec import SamplingConfig
 from novarch_batch.workers.tasks import FAULT_ENV, FORCE_DEVICE_ENV, ShardResult, ShardTask
 from novarch_batch.workers.writers import WRITERS, ShardWriter
 
@@ -50,7 +50,7 @@ class ShardWorker:
     previous one waits for its uploads and commits, so the sampler never idles between shards."""
 
     def __init__(self, model: str, device: str = "auto", threads: int | None = None, model_sha256: str | None = None,
-                 compile: bool = False, encode_processes: int = 0):
+                 compile: bool = False, encode_processes: int = 0, warmup: tuple[SamplingConfig, int] | None = None):
         forced = os.environ.get(FORCE_DEVICE_ENV)
         if forced:  # a stand-in for a GPU: one thread and no encoder processes, so actors on one host share its cores
             device, threads, encode_processes = forced, threads or 1, 0
@@ -60,10 +60,16 @@ class ShardWorker:
         self.generator = ImageGenerator(folder, device, compile=compile)
         self.encoder = PngEncoder(encode_processes)
         self.info = self.generator.info
-        self._sampling = threading.Lock()  # one shard samples at a time; the other call only finishes up
+        # Every shard samples on this one thread, one shard at a time (the other call in flight only finishes
+        # up): CUDA graphs recorded by --compile belong to the thread that recorded them.
+        self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample")
         self.pool = ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="store")
         self.name = f"{socket.gethostname()}:{ray_node_id()}:{os.getpid()}"
         self._storages: dict[str, Storage] = {}
+        if compile and warmup:
+            # Compile (and record) the job's shapes now, so the actor counts as ready only once it samples at speed.
+            sampling, batch_size = warmup
+            self._sampler.submit(lambda: list(self.generator.stream([[0] * batch_size], sampling, pad_to=batch_size))).result()
 
     def ping(self) -> str:
         return self.name
@@ -93,7 +99,7 @@ class ShardWorker:
             return ShardResult(task.shard, False, 0, time.perf_counter() - started, 0.0, self.name, detail)
 
     def _sample_and_store(self, task: ShardTask) -> tuple[dict, float]:
-        """Sample micro-batches on this thread; encode and write on the pool while the next batch samples."""
+        """Sample micro-batches on the sampling thread; encode and write on the pool while the next batch samples."""
         created = datetime.fromisoformat(task.created_at)
         writer = WRITERS[task.format](self._storage(task.job_url), task.shard, created)
         common = {  # the same in every row of the shard
@@ -110,8 +116,9 @@ class ShardWorker:
         seeds = [sample_seed(task.sampling.seed, i) for i in ids]
         batches = [seeds[lo : lo + task.batch_size] for lo in range(0, len(ids), task.batch_size)]
         pending: list[Future] = []
-        sample_seconds, done = 0.0, 0
-        with self._sampling:
+
+        def sample() -> float:
+            sample_seconds, done = 0.0, 0
             t0 = time.perf_counter()
             for images in self.generator.stream(batches, task.sampling, pad_to=task.batch_size):
                 sample_seconds += time.perf_counter() - t0
@@ -121,6 +128,9 @@ class ShardWorker:
                                                     images[lo - done : hi - done]))
                 done += len(images)
                 t0 = time.perf_counter()
+            return sample_seconds
+
+        sample_seconds = self._sampler.submit(sample).result()
         stored = [row for f in pending for row in f.result()]  # re-raises the first write error: the shard is not committed
         rows = {name: [row[name] for row in stored] for name in stored[0]}
         return {**rows, **writer.close()}, sample_seconds
