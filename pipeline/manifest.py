@@ -106,6 +106,7 @@ def prepare_job(job: Storage, spec: JobSpec, committed: Collection[int] = ()) ->
     if existing is not None:
         check_same_spec(job, spec, existing)
         return existing["created_at"]
+    committed = [k for k in committed if k < spec.num_shards]  # a shard past the plan is a stray, never the job's
     if committed:
         created_at = creation_time_from_shards(job, spec, committed)
     else:

@@ -24,6 +24,9 @@ from novarch_batch.workers.tasks import ShardResult, ShardTask
 MAX_ATTEMPTS = 3  # per shard: a transient fault gets two more tries; a shard that always fails stops the job
 MAX_STARTUP_FAILURES = 3  # actors whose own start-up raised (CUDA mismatch, bad model): then the job fails with that error
 IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
+# Failed shards in a row on one actor after which it is replaced: a fault that sticks to its process (a
+# broken encoder pool, a CUDA error) would otherwise fail every shard it is given, and a one-GPU job with it.
+MAX_FAILURES_IN_A_ROW = 2
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -67,6 +70,8 @@ class ShardScheduler:
         self.queue: deque[Shard] = deque()
         self.attempts: dict[int, int] = {}  # shard -> attempts that ended in the shard's own error, or are running
         self.failed_on: dict[int, set[int]] = {}  # shard -> slots it failed on, so a retry goes elsewhere
+        self.failures_in_a_row: dict[int, int] = {}  # slot -> its current actor's failed shards since its last success
+        self.retired: set = set()  # actors this scheduler killed: their shards in flight come back as no preemption
         self.not_before: dict[int, float] = {}  # shard -> monotonic time its retry may start
         self.retries = self.replaced = self.preemptions = self.startup_failures = 0
         self.errors: list[str] = []
@@ -86,8 +91,10 @@ class ShardScheduler:
         self.starting[actor.ping.remote()] = slot
 
     def _replace(self, slot: int) -> None:
+        self.retired.add(self.actors[slot])
         ray.kill(self.actors[slot], no_restart=True)
         self.in_flight.pop(slot, None)
+        self.failures_in_a_row.pop(slot, None)
         self.replaced += 1
         self._start(slot)
 
@@ -206,20 +213,33 @@ class ShardScheduler:
         except ACTOR_DIED as e:
             self._lost(slot, shard, actor, e)
             return
-        if self.actors[slot] is actor:  # a late answer from a replaced actor frees nothing
+        current = self.actors[slot] is actor  # a late answer from a replaced actor frees nothing
+        if current:
             self.in_flight[slot] -= 1
         if result.ok:
+            if current:
+                self.failures_in_a_row.pop(slot, None)
             if shard.index in self.failed_at:
                 self.recoveries.append(round(time.perf_counter() - self.failed_at.pop(shard.index), 2))
             self.on_done(shard, result)
             return
         self._shard_failed(slot, shard, result.error)
+        if current and not self.fatal:
+            self.failures_in_a_row[slot] = self.failures_in_a_row.get(slot, 0) + 1
+            if self.failures_in_a_row[slot] >= MAX_FAILURES_IN_A_ROW:
+                message = (f"the actor of slot {slot} failed {MAX_FAILURES_IN_A_ROW} shards in a row ({result.worker}); "
+                           f"replaced, in case the fault is its own")
+                self.errors.append(message)
+                self.note(message)
+                self._replace(slot)
 
     def _lost(self, slot: int, shard: Shard, actor, error: BaseException) -> None:
         """The actor died under the shard (node lost, spot preemption): not the shard's fault, so the
-        attempt is handed back and the shard goes first in the queue, for the next ready actor."""
+        attempt is handed back and the shard goes first in the queue, for the next ready actor. An actor
+        this scheduler retired itself was no preemption."""
         self.attempts[shard.index] -= 1
-        self._preempted()
+        if actor not in self.retired:
+            self._preempted()
         self.failed_at.setdefault(shard.index, time.perf_counter())
         message = (f"shard {shard.index} (ids {shard.start}-{shard.stop - 1}) lost with its actor "
                    f"({type(error).__name__}); queued again, not counted as an attempt")

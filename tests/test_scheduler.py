@@ -2,6 +2,7 @@
 shard run exactly once, and a driver that never imports torch."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -48,6 +49,39 @@ def test_each_actor_gets_its_next_shard_while_the_current_one_runs(ray_local):
     assert sorted(done) == list(range(12))  # every shard once
     assert max(done.values()) == IN_FLIGHT  # a queued shard was waiting in the actor, not in the driver
     assert scheduler.retries == 0 and scheduler.replaced == 0
+
+
+class PoisonedByItsFirstFault:
+    """The first actor to run shard 0 fails it with a fault that sticks to its process (as a broken encoder
+    pool or a CUDA error does): every shard it runs after fails too. Actors started later are healthy."""
+
+    def __init__(self, marker: str):
+        self.marker, self.poisoned = marker, False
+
+    def ping(self) -> str:
+        return "ready"
+
+    def run_shard(self, task: ShardTask) -> ShardResult:
+        if task.shard == 0 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            self.poisoned = True
+        if self.poisoned:
+            return ShardResult(task.shard, False, 0, error="RuntimeError: CUDA error: an illegal memory access was encountered")
+        return ShardResult(task.shard, True, task.stop - task.start)
+
+
+def test_an_actor_whose_fault_sticks_is_replaced(ray_local, tmp_path):
+    """A one-actor job whose actor fails two shards in a row gets a new actor, and completes, where the
+    sick one would have failed every attempt of every shard it was given."""
+    actor_cls = ray_local.remote(PoisonedByItsFirstFault).options(num_cpus=0, max_concurrency=IN_FLIGHT)
+    done: list[int] = []
+    scheduler = ShardScheduler(lambda: actor_cls.remote(str(tmp_path / "fault")), 1, task_for,
+                               lambda s, r: done.append(s.index), lambda m: None, retry_delay=0.1)
+    scheduler.run([Shard(k, 8 * k, 8 * k + 8) for k in range(6)])
+    assert sorted(done) == list(range(6))
+    # shards 0 and 1 failed, and a third given to the sick actor between them may have (its kill is no preemption)
+    assert scheduler.replaced == 1 and scheduler.preemptions == 0 and scheduler.retries in (2, 3)
+    assert any("failed 2 shards in a row" in e for e in scheduler.errors)
 
 
 @pytest.mark.parametrize("module", ["novarch_batch.pipeline.driver", "novarch_batch.pipeline.cli"])

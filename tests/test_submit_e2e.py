@@ -231,6 +231,20 @@ def test_a_lost_job_json_comes_back_with_the_shards_creation_time(finished_job):
     assert json.loads(job_json.read_text())["created_at"] == json.loads(originals[job_json])["created_at"]
 
 
+def test_a_stray_shard_past_the_plan_is_not_read_for_a_lost_job_json(finished_job, tmp_path):
+    """job.json gone and only a shard past the plan there (a copy, another job's file): it is a stray, so
+    the job starts anew instead of failing with an IndexError from the shard arithmetic."""
+    from novarch_batch.pipeline import manifest
+    from novarch_batch.storage import LocalStorage
+
+    spec, _, job_dir = finished_job
+    stray = tmp_path / "job" / shard_format.shard_key(99999)
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes((job_dir / shard_format.shard_key(0)).read_bytes())
+    created_at = manifest.prepare_job(LocalStorage(tmp_path / "job"), spec, {99999})
+    assert json.loads((tmp_path / "job" / "job.json").read_text())["created_at"] == created_at
+
+
 def test_a_lost_tar_is_made_again_when_the_job_resumes(ray_local, tmp_path):
     from novarch_batch.pipeline.status import status
 
