@@ -297,14 +297,23 @@ class S3Storage:
             raise self._error(exc, key) from None
 
     def honours_conditional_writes(self) -> bool:
-        """Pre-flight: does this store refuse a second If-None-Match create? (AWS S3 since 2024 and
-        SeaweedFS do; a store that ignores the header would let two writers both win.)"""
+        """Pre-flight: does this store refuse a second If-None-Match create, and a write If-Match a version
+        the object is not at? (AWS S3 since 2024 and SeaweedFS do both; a store that ignores either header
+        would let two writers both win: two commits of a shard, or two drivers taking one stale lease.) A
+        store that refuses the headers outright (HTTP 501, NotImplemented) does not honour them either."""
         probe = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         try:
             first, second = self.create(probe, b"1"), self.create(probe, b"2")
+            if first is None or second is not None:
+                return False
+            stale = self.replace(probe, b"3", '"00000000000000000000000000000000"')
+            return stale is None and self.replace(probe, b"4", first) is not None
+        except StorageError as e:
+            if "NotImplemented" in str(e) or "(HTTP 501)" in str(e):
+                return False
+            raise
         finally:
             self.delete(probe)
-        return first is not None and second is None
 
     def child(self, prefix: str) -> "S3Storage":
         sub = S3Storage(

@@ -20,7 +20,7 @@ from novarch_batch.pipeline.scheduler import JobFailed
 from novarch_batch.pipeline.spec import build_spec
 from novarch_batch.pipeline.verify import verify
 from novarch_batch.storage import LocalStorage, StorageError, open_storage
-from novarch_batch.storage.s3 import S3Storage
+from novarch_batch.storage.s3 import PROBE_PREFIX, S3Storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import ShardConflict, commit_shard
 from novarch_batch.workers.shard_worker import ShardWorker
@@ -224,8 +224,23 @@ def test_a_store_that_ignores_conditional_writes_is_detected(s3_env, s3_url):
             self.put_bytes(key, data)
             return "etag"
 
-    assert S3Storage.from_url(s3_url).honours_conditional_writes()
-    assert not IgnoresTheHeader.from_url(s3_url).honours_conditional_writes()
+    class IgnoresIfMatch(S3Storage):
+        def replace(self, key, data, version):  # a compare-and-swap that always swaps
+            self.put_bytes(key, data)
+            return "etag"
+
+    class RefusesTheHeaders(S3Storage):
+        def create(self, key, data):  # "501 NotImplemented" to a conditional PUT, as some S3-compatible stores say
+            from botocore.exceptions import ClientError
+            raise self._error(ClientError({"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}},
+                                          "PutObject"), key)
+
+    plain = S3Storage.from_url(s3_url)
+    assert plain.honours_conditional_writes()
+    for store in (IgnoresTheHeader, IgnoresIfMatch, RefusesTheHeaders):
+        assert not store.from_url(s3_url).honours_conditional_writes(), store.__name__
+    listed = plain.client.list_objects_v2(Bucket=plain.bucket, Prefix=plain.prefix).get("Contents", [])
+    assert not [o["Key"] for o in listed if PROBE_PREFIX in o["Key"]]  # every probe removed
 
 
 def test_two_drivers_started_at_once_one_samples(s3_env, s3_url):
