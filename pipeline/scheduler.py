@@ -5,11 +5,14 @@ while it loads the model, then *ready* for up to ``IN_FLIGHT`` shards. Every act
 ready joins the running job at once, so a job starts on its first GPU and grows as the
 autoscaler adds nodes. Losing an actor (a node gone, a spot preemption) puts only its in-flight
 shards back at the front of the queue and is not a shard attempt; only a shard's own error is.
-Nothing waits forever: an actor whose start-up fails is replaced a bounded number of times, and
-a pool with no ready actor fails the job once ``placement_timeout`` has passed.
+Nothing waits forever: an actor whose start-up fails is replaced a bounded number of times, a
+pool with no ready actor fails the job once ``placement_timeout`` has passed, and an actor that
+has not answered for HANG_FACTOR times the job's median shard (and at least ``hang_floor``) is
+taken for hung: its shards count a failed attempt each and it is replaced.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the cur
 # Failed shards in a row on one actor after which it is replaced: a fault that sticks to its process (a
 # broken encoder pool, a CUDA error) would otherwise fail every shard it is given, and a one-GPU job with it.
 MAX_FAILURES_IN_A_ROW = 2
+HANG_FACTOR = 10  # an actor silent this many median shard times (and at least hang_floor seconds) is hung
+HANG_FLOOR_S = 600.0
 ACTOR_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -56,11 +61,13 @@ class ShardScheduler:
                  placement_timeout: float = 600.0, describe_unplaced: Callable[[], str] = lambda: "no actor could be placed",
                  on_event: Callable[[str, int], None] = lambda counter, n: None,  # counter: a pipeline.metrics name
                  on_tick: Callable[["ShardScheduler"], None] = lambda scheduler: None, retry_delay: float = RETRY_DELAY_S,
-                 may_dispatch: Callable[[], bool] = lambda: True):
+                 may_dispatch: Callable[[], bool] = lambda: True, hang_floor: float = HANG_FLOOR_S):
         # on_tick runs after every wait (at most 0.5 s apart); an exception from it stops the job, its actors
         # killed. While may_dispatch() is False no shard is handed out (the driver's lease is unconfirmed).
         self.make_actor, self.make_task, self.on_done, self.note = make_actor, make_task, on_done, note
-        self.may_dispatch = may_dispatch
+        self.may_dispatch, self.hang_floor = may_dispatch, hang_floor
+        self.busy_since: dict[int, float] = {}  # ready slot with shards in flight -> its last answer (or first shard)
+        self.shard_seconds: deque[float] = deque(maxlen=200)  # the latest answers' spacing: a shard's time on its actor
         self.retry_delay = retry_delay
         self.placement_timeout, self.describe_unplaced, self.on_event, self.on_tick = placement_timeout, describe_unplaced, on_event, on_tick
         self.actors: list = []
@@ -95,6 +102,7 @@ class ShardScheduler:
         ray.kill(self.actors[slot], no_restart=True)
         self.in_flight.pop(slot, None)
         self.failures_in_a_row.pop(slot, None)
+        self.busy_since.pop(slot, None)
         self.replaced += 1
         self._start(slot)
 
@@ -139,6 +147,8 @@ class ShardScheduler:
                     return
                 self.queue.remove(pick)
                 self.attempts[pick.index] = self.attempts.get(pick.index, 0) + 1
+                if self.in_flight[slot] == 0:
+                    self.busy_since[slot] = time.monotonic()
                 self.in_flight[slot] += 1
                 actor = self.actors[slot]
                 self.running[actor.run_shard.remote(self.make_task(pick))] = (slot, pick, actor)
@@ -156,6 +166,7 @@ class ShardScheduler:
                     else:
                         self._finished(ref)
                 self._check_placement()
+                self._check_hangs()
                 if not self.fatal and self.may_dispatch():
                     self._dispatch()
                 self.on_tick(self)
@@ -176,6 +187,25 @@ class ShardScheduler:
             self.fatal = f"no sampler actor became ready within {self.placement_timeout:g} s ({self.describe_unplaced()})"
             self.queue.clear()
 
+    def _check_hangs(self) -> None:
+        """An actor with shards in flight and no answer for HANG_FACTOR median shard times is hung (a stuck
+        encoder child, a hung mount, a wedged GPU): each of its shards counts a failed attempt, and a new
+        actor takes its place. No median yet (no shard answered), no deadline: the first shards set the pace."""
+        if not self.shard_seconds or self.fatal:
+            return
+        limit = max(self.hang_floor, HANG_FACTOR * statistics.median(self.shard_seconds))
+        now = time.monotonic()
+        for slot, since in list(self.busy_since.items()):
+            if self.in_flight.get(slot, 0) == 0 or now - since <= limit:
+                continue
+            actor = self.actors[slot]
+            stuck = [ref for ref, (s, _, a) in self.running.items() if s == slot and a is actor]
+            self._replace(slot)
+            for ref in stuck:
+                _, shard, _ = self.running.pop(ref)
+                self._shard_failed(slot, shard, f"its actor had not answered in {now - since:.0f} s ({HANG_FACTOR}x the median "
+                                                f"shard, at least {self.hang_floor:g} s) and was replaced")
+
     def _started(self, ref) -> None:
         slot = self.starting.pop(ref)
         try:
@@ -188,6 +218,7 @@ class ShardScheduler:
                 self._replace(slot)
             return
         self.in_flight[slot] = 0
+        self.busy_since.pop(slot, None)
         self.ready_times.append(time.perf_counter())
         self.first_ready = self.first_ready or self.ready_times[-1]
 
@@ -216,6 +247,9 @@ class ShardScheduler:
         current = self.actors[slot] is actor  # a late answer from a replaced actor frees nothing
         if current:
             self.in_flight[slot] -= 1
+            now = time.monotonic()
+            self.shard_seconds.append(now - self.busy_since.get(slot, now))
+            self.busy_since[slot] = now
         if result.ok:
             if current:
                 self.failures_in_a_row.pop(slot, None)

@@ -84,6 +84,38 @@ def test_an_actor_whose_fault_sticks_is_replaced(ray_local, tmp_path):
     assert any("failed 2 shards in a row" in e for e in scheduler.errors)
 
 
+class HangsOnce:
+    """Shard 2's first run never returns (a stuck encoder child, a hung mount); every other run takes 0.2 s."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def ping(self) -> str:
+        return "ready"
+
+    def run_shard(self, task: ShardTask) -> ShardResult:
+        if task.shard == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            time.sleep(3600)
+        time.sleep(0.2)
+        return ShardResult(task.shard, True, task.stop - task.start)
+
+
+@pytest.mark.timeout(90)
+def test_an_actor_that_stops_answering_is_replaced_and_its_shards_retried(ray_local, tmp_path):
+    """No job waits forever on a hung actor: silent for 10 median shard times (here at least 2 s), its shards
+    count a failed attempt and go to a new actor."""
+    actor_cls = ray_local.remote(HangsOnce).options(num_cpus=0, max_concurrency=IN_FLIGHT)
+    done: list[int] = []
+    scheduler = ShardScheduler(lambda: actor_cls.remote(str(tmp_path / "hung")), 2, task_for,
+                               lambda s, r: done.append(s.index), lambda m: None, retry_delay=0.1, hang_floor=2.0)
+    started = time.monotonic()
+    scheduler.run([Shard(k, 8 * k, 8 * k + 8) for k in range(12)])
+    assert sorted(done) == list(range(12)) and time.monotonic() - started < 60
+    assert scheduler.replaced == 1 and scheduler.retries >= 1 and scheduler.preemptions == 0
+    assert any("had not answered in" in e for e in scheduler.errors)
+
+
 @pytest.mark.parametrize("module", ["novarch_batch.pipeline.driver", "novarch_batch.pipeline.cli"])
 def test_the_driver_side_never_imports_torch(module, tmp_path):
     """The driver reads the model's metadata and hands Ray a shell class; torch loads only in actors."""
