@@ -172,8 +172,9 @@ class LeaseWatch:
             if lease.lost:
                 raise _taken_over(self.job, lease)
             if lease.expired:
+                why = f": {lease.last_error}" if lease.last_error else ""
                 raise JobFailed(f"{self.job.url}: this driver could not renew its lease for {lease.unrenewed_seconds():.0f} s (the store "
-                                f"did not take its heartbeats), after which another driver may take the job over, so it "
+                                f"did not take its heartbeats{why}), after which another driver may take the job over, so it "
                                 f"stopped its actors. Committed shards are kept: re-run the same command to resume")
 
     def confirm(self) -> None:

@@ -69,6 +69,7 @@ class Lease:
         self.version: str | None = None
         self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
         self.renewed_at: float | None = None  # monotonic time the last document that landed was written
+        self.last_error: str | None = None  # why the latest renewal did not land, if it raised
         self._renewing = threading.Lock()  # the heartbeat, a renewal on demand and release never interleave
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -178,8 +179,9 @@ class Lease:
             try:
                 if not self.renew():
                     return
-            except Exception:  # a store outage must not kill the driver; the lease just ages (see `expired`)
-                pass
+                self.last_error = None
+            except Exception as e:  # a store outage must not kill the driver; the lease just ages (see `expired`)
+                self.last_error = (str(e).splitlines() or [type(e).__name__])[0]
 
     def release(self) -> None:
         self._stop.set()

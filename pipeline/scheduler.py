@@ -29,6 +29,7 @@ MAX_STARTUP_FAILURES = 3  # actors whose own start-up raised (CUDA mismatch, bad
 IN_FLIGHT = 2  # shards per actor: the next one waits in the actor while the current one commits
 # Failed shards in a row on one actor after which it is replaced: a fault that sticks to its process (a
 # broken encoder pool, a CUDA error) would otherwise fail every shard it is given, and a one-GPU job with it.
+# Storage errors do not count: the store is every actor's, and a new actor would only cost a model load.
 MAX_FAILURES_IN_A_ROW = 2
 HANG_FACTOR = 10  # an actor silent this many median shard times (and at least hang_floor seconds) is hung
 HANG_FLOOR_S = 600.0
@@ -258,7 +259,7 @@ class ShardScheduler:
             self.on_done(shard, result)
             return
         self._shard_failed(slot, shard, result.error)
-        if current and not self.fatal:
+        if current and not self.fatal and not result.store_fault:  # a store outage is every actor's: no new one helps
             self.failures_in_a_row[slot] = self.failures_in_a_row.get(slot, 0) + 1
             if self.failures_in_a_row[slot] >= MAX_FAILURES_IN_A_ROW:
                 message = (f"the actor of slot {slot} failed {MAX_FAILURES_IN_A_ROW} shards in a row ({result.worker}); "

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import torch
 
-from novarch_batch.storage import UPLOAD_CONCURRENCY, Storage, open_storage
+from novarch_batch.storage import UPLOAD_CONCURRENCY, Storage, StorageError, open_storage
 from novarch_batch.workers import shard_format
 from novarch_batch.workers.commit import commit_shard, committed_checksum
 from novarch_batch.workers.encode import PngEncoder
@@ -96,7 +96,8 @@ class ShardWorker:
                                self.name, checksum=checksum)
         except Exception as e:
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-            return ShardResult(task.shard, False, 0, time.perf_counter() - started, 0.0, self.name, detail)
+            return ShardResult(task.shard, False, 0, time.perf_counter() - started, 0.0, self.name, detail,
+                               store_fault=isinstance(e, StorageError))
 
     def _sample_and_store(self, task: ShardTask) -> tuple[dict, float]:
         """Sample micro-batches on the sampling thread; encode and write on the pool while the next batch samples."""

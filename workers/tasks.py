@@ -38,3 +38,4 @@ class ShardResult:
     worker: str = ""
     error: str | None = None
     checksum: str = ""  # sha256 of the committed Parquet file
+    store_fault: bool = False  # the error came from the storage, which every actor shares: a new actor would not help
