@@ -44,3 +44,15 @@ def save(results: dict, path: str | None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(results, indent=2))
         print(f"wrote {path}")
+
+
+JOB_SAMPLING_FLAGS = ("sampler", "steps", "guidance", "guidance_interval", "final_timestep", "spacing")
+
+
+def job_sampling_options(command):
+    """submit's own sampling flags, with submit's defaults, for a benchmark that samples rows as jobs do."""
+    from novarch_batch.pipeline.cli_options import sampling_option
+
+    for name in reversed(JOB_SAMPLING_FLAGS):  # click lists options in the order they are applied, innermost first
+        command = sampling_option(name)(command)
+    return command

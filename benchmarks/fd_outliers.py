@@ -19,9 +19,8 @@ import click
 import numpy as np
 import torch
 
-from benchmarks.common import machine, save
+from benchmarks.common import job_sampling_options, machine, save
 from benchmarks.sampler_quality import sample_class
-from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import FLOOR_SEEDS, REAL_SEED, real_images
 from novarch_batch.training.judge import JUDGE_CLASSES, features, load_judge, predict_proba
 from novarch_batch.training.metrics import frechet_distance
@@ -49,12 +48,7 @@ def trimmed_ratios(feats: np.ndarray, real: np.ndarray, floor: float, drops: lis
 @click.option("--classes", default="house", show_default=True)
 @click.option("--seeds", default="10,11,12,13,14", show_default=True, help="Comma-separated job seeds (--seed).")
 @click.option("--drop", default="5,10,20", show_default=True, help="How many of the farthest images to remove, comma-separated.")
-@sampling_option("sampler")
-@sampling_option("steps")
-@sampling_option("guidance")
-@sampling_option("guidance_interval")
-@sampling_option("final_timestep")
-@sampling_option("spacing")
+@job_sampling_options
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)

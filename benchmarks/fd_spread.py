@@ -18,9 +18,8 @@ from pathlib import Path
 import click
 import torch
 
-from benchmarks.common import machine, median, save
+from benchmarks.common import job_sampling_options, machine, median, save
 from benchmarks.sampler_quality import sample_class
-from novarch_batch.pipeline.cli_options import sampling_option
 from novarch_batch.training.evaluate import evaluate_images
 from novarch_batch.training.judge import load_judge
 from novarch_batch.training.scene import load_scene_reader
@@ -32,12 +31,7 @@ from novarch_batch.workers.model import default_model_dir
 @click.option("--model", default=None, help="Model folder (default: the shipped novarch-tiny).")
 @click.option("--classes", default="building,house", show_default=True)
 @click.option("--seeds", default="10,11,12,13,14", show_default=True, help="Comma-separated job seeds (--seed).")
-@sampling_option("sampler")
-@sampling_option("steps")
-@sampling_option("guidance")
-@sampling_option("guidance_interval")
-@sampling_option("final_timestep")
-@sampling_option("spacing")
+@job_sampling_options
 @click.option("--count", default=1000, show_default=True)
 @click.option("--batch", default=500, show_default=True)
 @click.option("--threads", default=2, show_default=True)
