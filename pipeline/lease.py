@@ -67,7 +67,7 @@ class Lease:
         self.job, self.conditional = job.fail_fast(), conditional
         self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.version: str | None = None
-        self.lost = False  # another driver took the lease over (our heartbeats stopped for LEASE_SECONDS)
+        self.lost = False  # a renewal was refused: another driver holds the lease, never to be written again
         self.renewed_at: float | None = None  # monotonic time the last document that landed was written
         self.last_error: str | None = None  # why the latest renewal did not land, if it raised
         self._renewing = threading.Lock()  # the heartbeat, a renewal on demand and release never interleave
