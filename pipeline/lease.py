@@ -3,8 +3,9 @@
 A second driver on the same job refuses while the lease is fresh. The same lease under another
 key in the output root makes jobs that share `--exclusive NAME` run one at a time (a schedule's
 nights: one still running refuses the next). A lease goes stale when its
-heartbeat is older than LEASE_SECONDS, or at once when its owner ran on this host and that
-process is gone (a killed driver re-run on the same machine resumes without waiting).
+heartbeat is older than LEASE_SECONDS, or at once when its owner ran on this host (and in this
+PID namespace) and that process is gone (a killed driver re-run on the same machine resumes
+without waiting).
 
 Its owner fences itself by the same clock: a driver whose renewals have not landed for
 FENCE_SECONDS starts no more work (`fresh`), and once LEASE_SECONDS have passed, when another
@@ -47,10 +48,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def pid_namespace() -> int | None:
+    """This process's PID namespace (Linux), or None: containers given one hostname (compose's `hostname:`)
+    still see each other's pids only within one namespace."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def is_stale(lease: dict, now: float) -> bool:
     if now - float(lease.get("heartbeat", 0)) > LEASE_SECONDS:
         return True
-    return lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1)))
+    same_pids = lease.get("pidns") in (None, pid_namespace())  # an owner that recorded none: as before
+    return lease.get("host") == socket.gethostname() and same_pids and not _pid_alive(int(lease.get("pid", -1)))
 
 
 class Lease:
@@ -65,7 +76,7 @@ class Lease:
         # Each renewal is one quick try (the heartbeat tries again 5 s later), so a renewal lands within
         # seconds of the store coming back instead of after the data path's back-off.
         self.job, self.conditional = job.fail_fast(), conditional
-        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.owner = {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "pidns": pid_namespace()}
         self.version: str | None = None
         self.lost = False  # a renewal was refused: another driver holds the lease, never to be written again
         self.renewed_at: float | None = None  # monotonic time the last document that landed was written

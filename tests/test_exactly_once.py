@@ -82,6 +82,22 @@ def test_a_stale_lease_is_taken_over_by_exactly_one_driver(store):
     assert not store.exists(LEASE_KEY)
 
 
+def test_a_fresh_lease_of_this_host_is_stale_only_when_its_pid_is_gone_here():
+    """A killed driver re-run on the same machine resumes at once (its pid is gone); a container that shares
+    the hostname but not the PID namespace cannot see the live owner's pid, and must not take the lease."""
+    import os
+    import socket
+
+    from novarch_batch.pipeline.lease import is_stale, pid_namespace
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    here = {"host": socket.gethostname(), "pid": int(gone), "heartbeat": time.time()}
+    assert is_stale({**here, "pidns": pid_namespace()}, time.time())
+    assert is_stale(here, time.time())  # a lease written before the namespace was recorded
+    assert not is_stale({**here, "pidns": -1}, time.time())  # another namespace: its pid means nothing here
+    assert not is_stale({**here, "pid": os.getpid(), "pidns": pid_namespace()}, time.time())
+
+
 def test_an_interrupt_as_the_heartbeat_starts_gives_the_lease_back(store, monkeypatch):
     """SIGTERM or Ctrl-C that lands inside the heartbeat thread's start() (seen under load, right after the
     lease was written): the interrupt comes out, not "cannot join thread before it is started", and the
