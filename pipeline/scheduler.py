@@ -98,8 +98,13 @@ class ShardScheduler:
         self.actors[slot] = actor
         self.starting[actor.ping.remote()] = slot
 
-    def _replace(self, slot: int) -> None:
+    def _retire(self, slot: int) -> None:
+        """Kill and replace an actor that is alive but no use (its fault sticks, or it hangs): its shards that
+        come back with its death are no preemption."""
         self.retired.add(self.actors[slot])
+        self._replace(slot)
+
+    def _replace(self, slot: int) -> None:
         ray.kill(self.actors[slot], no_restart=True)
         self.in_flight.pop(slot, None)
         self.failures_in_a_row.pop(slot, None)
@@ -201,7 +206,7 @@ class ShardScheduler:
                 continue
             actor = self.actors[slot]
             stuck = [ref for ref, (s, _, a) in self.running.items() if s == slot and a is actor]
-            self._replace(slot)
+            self._retire(slot)
             for ref in stuck:
                 _, shard, _ = self.running.pop(ref)
                 self._shard_failed(slot, shard, f"its actor had not answered in {now - since:.0f} s ({HANG_FACTOR}x the median "
@@ -266,7 +271,7 @@ class ShardScheduler:
                            f"replaced, in case the fault is its own")
                 self.errors.append(message)
                 self.note(message)
-                self._replace(slot)
+                self._retire(slot)
 
     def _lost(self, slot: int, shard: Shard, actor, error: BaseException) -> None:
         """The actor died under the shard (node lost, spot preemption): not the shard's fault, so the
