@@ -8,7 +8,7 @@ PID namespace) and that process is gone (a killed driver re-run on the same mach
 without waiting).
 
 Its owner fences itself by the same clock: a driver whose renewals have not landed for
-FENCE_SECONDS starts no more work (`fresh`), and once LEASE_SECONDS have passed, when another
+fence_seconds() starts no more work (`fresh`), and once LEASE_SECONDS have passed, when another
 driver may have taken the job, it stops (`expired`), so that two drivers never write one job.
 """
 from __future__ import annotations
