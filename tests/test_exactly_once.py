@@ -26,6 +26,7 @@ from novarch_batch.workers.commit import ShardConflict, commit_shard
 from novarch_batch.workers.shard_worker import ShardWorker
 from novarch_batch.workers.spec import SamplingConfig
 from novarch_batch.workers.tasks import ShardTask
+from tests.procs import wait_for
 
 CLI = str(Path(sys.executable).with_name("novarch-batch"))
 
@@ -175,9 +176,7 @@ def short_lease(monkeypatch):
 def when_committed(job: Path, shards: int, then) -> threading.Thread:
     """Call `then()` on a thread once `shards` Parquet files are in the job folder."""
     def watch():
-        deadline = time.monotonic() + 120
-        while len(list(job.glob("shards/*.parquet"))) < shards and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(list(job.glob("shards/*.parquet"))) >= shards, 120, f"{shards} committed shards", interval=0.05)
         then()
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
